@@ -1,0 +1,44 @@
+# Each target sets itself up: a virtual environment in .venv with the package installed
+# editable, with its dev extras. PYTHON picks the interpreter that builds the venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: lab test export exercises lint execute data clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+lab: $(STAMP) data
+	$(VENV)/bin/jupyter lab notebooks/01_big_picture.ipynb
+
+## The whole suite: unit tests, the package/exercise/lint checks, every notebook run with nbval.
+test: $(STAMP) data
+	$(PY) -m pytest
+
+## Get Tiny Shakespeare into the cache (or check the copy MINILLM_DATA points at); tests never download.
+data: $(STAMP)
+	$(PY) -m minillm data
+
+## Regenerate minillm/<module>.py from the lessons' `#| export` cells.
+export: $(STAMP)
+	$(PY) tools/course.py export
+
+## Regenerate exercises/ from solutions/ (overwrites exercises/: keep your own work in a copy).
+exercises: $(STAMP)
+	$(PY) tools/course.py exercises
+
+lint: $(STAMP)
+	$(PY) tools/course.py lint
+
+## Run lesson and solution notebooks top to bottom and save their outputs, e.g. make execute NB=notebooks/01_big_picture.ipynb
+NB ?= notebooks/*.ipynb solutions/*.ipynb
+execute: $(STAMP) data
+	$(PY) tools/course.py execute $(NB)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis minillm.egg-info

@@ -1,0 +1,145 @@
+"""Self-checks for the course's exercises (package plumbing, not a lesson).
+
+Every exercise ends with a check cell that runs real cases against the learner's code
+and prints a verdict, for example:
+
+    check("Exercise 1 · vocabulary", [
+        ("the letters of 'banana'", lambda: vocabulary("banana"), ["a", "b", "n"]),
+        ("an empty text",           lambda: vocabulary(""),       []),
+    ])
+
+A case is (what it tries, a function that calls the learner's code, what it should give).
+What it should give may be a plain value (compared with ==), a tensor or a float
+(compared with a tolerance), `Close(value, atol=...)` for another tolerance,
+`Raises(ValueError, "text in the message")` for an error, or `Holds(predicate, "what
+must hold")` for a property. A stub that still raises NotImplementedError gets
+"not done yet", never an exception, so an unsolved notebook still runs to the end.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["check", "Close", "Raises", "Holds", "Result", "results"]
+
+NOT_DONE, PASSED, FAILED = "not done", "passed", "failed"
+
+
+@dataclass(frozen=True)
+class Close:
+    """Expect a number or tensor within atol + rtol * |expected|."""
+    value: Any
+    atol: float = 1e-5
+    rtol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class Raises:
+    """Expect the call to raise `error` with `match` somewhere in its message."""
+    error: type[BaseException]
+    match: str = ""
+
+
+@dataclass(frozen=True)
+class Holds:
+    """Expect predicate(got) to be true; `what` says what it tests."""
+    predicate: Callable[[Any], bool]
+    what: str
+
+
+@dataclass
+class Result:
+    title: str
+    status: str                 # "passed", "failed" or "not done"
+    passed: int                 # cases that passed
+    total: int                  # cases run
+    report: str = field(repr=False)
+
+
+# Every verdict given in this Python session, newest last: the test suite reads it to
+# prove that each check accepts its solution and rejects a stub or a wrong answer.
+results: list[Result] = []
+
+
+def _show(value: Any, width: int = 300) -> str:
+    if isinstance(value, Close):
+        value = value.value
+    text = repr(value)
+    if isinstance(value, torch.Tensor):
+        text = f"{text}  (shape {tuple(value.shape)}, {value.dtype})"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _same(expected: Any, got: Any) -> tuple[bool, str]:
+    """(does got match expected, why not)."""
+    if isinstance(expected, Holds):
+        try:
+            return bool(expected.predicate(got)), f"expected {expected.what}"
+        except Exception as e:  # a predicate that cannot even be evaluated is a failure
+            return False, f"expected {expected.what}; checking it raised {type(e).__name__}: {e}"
+    atol, rtol = 1e-5, 1e-5
+    if isinstance(expected, Close):
+        expected, atol, rtol = expected.value, expected.atol, expected.rtol
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return False, f"expected a tensor, got a {type(got).__name__}"
+        if tuple(got.shape) != tuple(expected.shape):
+            return False, f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
+        if expected.is_floating_point() or got.is_floating_point():
+            ok = torch.allclose(got.detach().double().cpu(), expected.detach().double().cpu(), atol=atol, rtol=rtol)
+            return ok, f"values differ by up to {(got.double() - expected.double()).abs().max().item():.3g}"
+        return bool(torch.equal(got.cpu(), expected.cpu())), "values differ"
+    if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return math.isclose(got, expected, rel_tol=rtol, abs_tol=atol), "the numbers differ"
+    try:
+        return bool(expected == got), "not equal"
+    except Exception as e:
+        return False, f"cannot compare: {type(e).__name__}: {e}"
+
+
+def check(title: str, cases: list[tuple[str, Callable[[], Any], Any]], *, quiet: bool = False) -> None:
+    """Run the cases, print a verdict and record it in `results` (it returns nothing, so
+    a check cell shows the verdict once)."""
+    lines, passed = [], 0
+    for what, call, expected in cases:
+        try:
+            got = call()
+        except NotImplementedError:
+            report = (f"{title}: not done yet. Replace `raise NotImplementedError` with your code, "
+                      f"then run this cell again.")
+            return _finish(Result(title, NOT_DONE, passed, len(cases), report), quiet)
+        except Exception as e:
+            if isinstance(expected, Raises) and isinstance(e, expected.error) and expected.match in str(e):
+                passed += 1
+                lines.append(f"  ✓ {what}")
+            else:
+                want = (f"{expected.error.__name__} mentioning {expected.match!r}"
+                        if isinstance(expected, Raises) else _show(expected))
+                lines.append(f"  ✗ {what}\n      expected: {want}\n      got:      "
+                             f"{type(e).__name__}: {e}")
+            continue
+        if isinstance(expected, Raises):
+            lines.append(f"  ✗ {what}\n      expected: {expected.error.__name__} mentioning "
+                         f"{expected.match!r}\n      got:      no error, the result {_show(got)}")
+            continue
+        ok, why = _same(expected, got)
+        if ok:
+            passed += 1
+            lines.append(f"  ✓ {what}")
+        elif isinstance(expected, Holds):
+            lines.append(f"  ✗ {what}\n      {why}\n      got: {_show(got)}")
+        else:
+            lines.append(f"  ✗ {what} ({why})\n      expected: {_show(expected)}\n      got:      {_show(got)}")
+    status = PASSED if passed == len(cases) else FAILED
+    mark = "all pass ✓" if status == PASSED else "not yet ✗"
+    report = f"{title}: {passed} of {len(cases)} cases pass, {mark}\n" + "\n".join(lines)
+    return _finish(Result(title, status, passed, len(cases), report), quiet)
+
+
+def _finish(result: Result, quiet: bool) -> None:
+    results.append(result)
+    if not quiet:
+        print(result.report)

@@ -1,0 +1,16 @@
+"""Shared set-up for the test suite.
+
+- MINILLM_QUICK=1: expensive notebook cells run a small version of themselves.
+- MINILLM_OFFLINE=1: nothing downloads; the corpus comes from MINILLM_DATA (CI points it
+  at ../shared/data) or from the cache that `make data` filled.
+Both are set before any notebook kernel starts, and kernels inherit them.
+"""
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["MINILLM_QUICK"] = "1"
+os.environ["MINILLM_OFFLINE"] = "1"
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,0 +1,534 @@
+"""The course's own tooling: build the package from the lessons, the exercises from
+the solutions, and keep every notebook clean.
+
+    python tools/course.py export [--check]      notebooks/*.ipynb  -> minillm/<name>.py
+    python tools/course.py exercises [--check]   solutions/*.ipynb  -> exercises/*.ipynb
+    python tools/course.py lint                  every notebook: clean, ordered, portable
+    python tools/course.py execute NB [NB ...]   run notebooks top to bottom, in place
+    python tools/course.py unpack NB > FILE      a notebook as plain text, for editing
+    python tools/course.py pack FILE NB          that text back into a notebook (no outputs)
+
+`make export`, `make exercises`, `make lint` and `make execute` call these; the test
+suite calls the same functions in check mode.
+
+Directives (nbdev-compatible): a code cell whose first lines are `#| default_exp name`
+names the lesson's module; a code cell starting with `#| export` goes into it.
+Solution regions sit between `### BEGIN SOLUTION` and `### END SOLUTION` inside a
+function body; `### HINT: ...` lines in a region become the exercise's hint; a cell
+tagged `solution` is left out of the exercises.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSON_DIRS = ("notebooks", "solutions", "exercises")
+LESSON_NAME = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
+DIRECTIVE = re.compile(r"^#\|\s*([\w-]+)\s*(.*?)\s*$")
+BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "### HINT:"
+GENERATED_MARK = "Generated from notebooks/"
+
+
+# ----------------------------------------------------------------------------- notebooks I/O
+
+def read_nb(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def nb_text(nb: dict) -> str:
+    """Serialise the way Jupyter does (indent 1, sorted keys), so saves from JupyterLab
+    and from these tools give the same bytes."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, then rename: a reader sees
+    the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def split_source(text: str) -> list[str]:
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
+def lessons(folder: str) -> list[Path]:
+    return sorted(p for p in (ROOT / folder).glob("*.ipynb") if LESSON_NAME.match(p.name))
+
+
+def directives(cell: dict) -> tuple[dict[str, str], str]:
+    """The `#| name value` lines at the top of a code cell, and the code after them."""
+    found: dict[str, str] = {}
+    lines = source(cell).split("\n")
+    i = 0
+    while i < len(lines):
+        m = DIRECTIVE.match(lines[i])
+        if m:
+            found[m.group(1)] = m.group(2)
+        elif lines[i].strip():
+            break
+        i += 1
+    return found, "\n".join(lines[i:]).strip("\n")
+
+
+# ----------------------------------------------------------------------------- export
+
+@dataclass
+class Module:
+    name: str            # "corpus"
+    notebook: Path       # notebooks/01_big_picture.ipynb
+    text: str            # the generated file
+
+
+def public_names(code: str) -> list[str]:
+    """Top-level functions, classes and assigned names that do not start with `_`."""
+    names: list[str] = []
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return [n for n in dict.fromkeys(names) if not n.startswith("_")]
+
+
+def format_all(names: list[str], width: int = 88) -> str:
+    lines, line = [], "   "
+    for item in (f"{n!r}," for n in names):
+        if len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line = "   "
+        line += " " + item
+    lines.append(line)
+    return "__all__ = [\n" + "\n".join(lines) + "\n]"
+
+
+def build_module(nb_path: Path) -> Module | None:
+    nb = read_nb(nb_path)
+    name, chunks = None, []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        found, code = directives(cell)
+        if "default_exp" in found:
+            name = found["default_exp"]
+        if "export" in found or "exports" in found:
+            if name is None:
+                raise SystemExit(f"{nb_path.name}: an `#| export` cell comes before `#| default_exp`")
+            chunks.append(code.rstrip())
+    if name is None:
+        return None
+    code = "\n\n\n".join(chunks)
+    tree = ast.parse(code)
+    doc = ast.get_docstring(tree, clean=False) if tree.body else None
+    if doc is not None:  # drop the docstring from the code: it heads the module
+        first = tree.body[0]
+        lines = code.split("\n")
+        code = "\n".join(lines[first.end_lineno:]).lstrip("\n")
+    rel = nb_path.relative_to(ROOT).as_posix()
+    header = (doc.strip() + "\n\n") if doc else ""
+    header += f"{GENERATED_MARK}{nb_path.name} by `make export`: do not edit this file.\n"
+    header += f"Change the notebook and run `make export` again."
+    assert rel == f"notebooks/{nb_path.name}"
+    names = public_names(code)
+    text = f'"""{header}\n"""\n\n{format_all(names)}\n\n{code}\n'
+    return Module(name, nb_path, text)
+
+
+def export(check: bool = False) -> list[str]:
+    """Write minillm/<name>.py for every lesson that exports; with check, write nothing
+    and return the problems (a module that differs from its notebook, or a generated
+    module whose notebook no longer exports it)."""
+    problems: list[str] = []
+    made: set[str] = set()
+    for nb_path in lessons("notebooks"):
+        mod = build_module(nb_path)
+        if mod is None:
+            continue
+        target = ROOT / "minillm" / f"{mod.name}.py"
+        made.add(target.name)
+        current = target.read_text(encoding="utf-8") if target.exists() else None
+        if current == mod.text:
+            continue
+        if check:
+            if current is None:
+                problems.append(f"minillm/{target.name} is missing: run `make export`")
+            else:
+                diff = difflib.unified_diff(mod.text.splitlines(), current.splitlines(),
+                                            f"from {nb_path.name}", f"minillm/{target.name}", lineterm="", n=1)
+                problems.append(f"minillm/{target.name} differs from {nb_path.name}"
+                                f" (edit the notebook, then `make export`):\n" + "\n".join(list(diff)[:30]))
+        else:
+            atomic_write(target, mod.text)
+    for path in sorted((ROOT / "minillm").glob("*.py")):
+        if path.name not in made and GENERATED_MARK in path.read_text(encoding="utf-8")[:2000]:
+            problems.append(f"minillm/{path.name} says it is generated, but no notebook exports it")
+    return problems
+
+
+def module_lessons() -> dict[str, int]:
+    """Module name -> the number of the lesson that writes it."""
+    out = {}
+    for nb_path in lessons("notebooks"):
+        mod = build_module(nb_path)
+        if mod is not None:
+            out[mod.name] = int(nb_path.name[:2])
+    return out
+
+
+# Third-party packages a lesson module may import at its top: the course's own stack.
+# Optional heavy ones may be imported only inside a function, so `import minillm` never
+# needs them.
+TOP_LEVEL_ALLOWED = {"torch", "einops", "numpy", "regex", "tqdm"}
+LAZY_ALLOWED = TOP_LEVEL_ALLOWED | {"matplotlib", "safetensors", "transformers"}
+PLUMBING = {"__init__", "__main__", "checks"}
+
+
+def import_problems(package: Path | None = None, order: dict[str, int] | None = None) -> list[str]:
+    """The import graph must be the course order: a lesson module imports only modules
+    of earlier lessons, the standard library and the allowed third-party packages."""
+    package = package or ROOT / "minillm"
+    order = order if order is not None else module_lessons()
+    problems = []
+    for path in sorted(package.glob("*.py")):
+        name = path.stem
+        if name in PLUMBING:
+            continue
+        if name not in order:
+            problems.append(f"minillm/{path.name} is neither a lesson's module nor plumbing ({sorted(PLUMBING)})")
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ("minillm." if node.level else "") + (node.module or "")
+                if base.strip(".") == "minillm":  # from minillm import corpus
+                    targets = [f"minillm.{a.name}" for a in node.names]
+                else:
+                    targets = [base]
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                root = parts[0]
+                if root == "minillm":
+                    sub = parts[1] if len(parts) > 1 else ""
+                    if sub not in order or order[sub] >= order[name]:
+                        problems.append(f"minillm/{path.name} (lesson {order[name]:02d}) imports {target!r}, "
+                                        f"which is not a module of an earlier lesson")
+                elif root in sys.stdlib_module_names or root == "__future__":
+                    continue
+                elif root in TOP_LEVEL_ALLOWED or (root in LAZY_ALLOWED and id(node) not in top):
+                    continue
+                else:
+                    where = "at the top of the module" if id(node) in top else "anywhere"
+                    problems.append(f"minillm/{path.name} imports {root!r} {where}: not allowed "
+                                    f"(top level: stdlib, {sorted(TOP_LEVEL_ALLOWED)}; inside functions also "
+                                    f"{sorted(LAZY_ALLOWED - TOP_LEVEL_ALLOWED)})")
+    return problems
+
+
+# ----------------------------------------------------------------------------- exercises
+
+@dataclass
+class Region:
+    cell: int       # index of the code cell in the notebook
+    start: int      # line of BEGIN SOLUTION
+    end: int        # line of END SOLUTION
+    indent: str
+    hints: list[str]
+
+
+def regions(nb: dict, where: str = "") -> list[Region]:
+    found = []
+    for ci, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        lines = source(cell).split("\n")
+        start = None
+        for li, line in enumerate(lines):
+            stripped = line.strip()
+            if stripped.startswith(BEGIN):
+                if start is not None:
+                    raise ValueError(f"{where} cell {ci}: nested {BEGIN}")
+                start, indent = li, line[: len(line) - len(line.lstrip())]
+                if not indent:
+                    raise ValueError(f"{where} cell {ci}: a solution region must sit inside a "
+                                     "function body, so that its stub can raise NotImplementedError")
+            elif stripped.startswith(END):
+                if start is None:
+                    raise ValueError(f"{where} cell {ci}: {END} without {BEGIN}")
+                hints = [l.strip()[len(HINT):].strip() for l in lines[start:li] if l.strip().startswith(HINT)]
+                found.append(Region(ci, start, li, indent, hints))
+                start = None
+        if start is not None:
+            raise ValueError(f"{where} cell {ci}: {BEGIN} without {END}")
+    return found
+
+
+def stub(region: Region) -> list[str]:
+    out = [f"{region.indent}# YOUR CODE HERE"]
+    out += [f"{region.indent}# Hint: {h}" for h in region.hints]
+    out.append(f"{region.indent}raise NotImplementedError")
+    return out
+
+
+def replace_regions(nb: dict, replacement, where: str = "") -> dict:
+    """A copy of nb with region i replaced by replacement(i, region) (a list of lines)."""
+    nb = json.loads(json.dumps(nb))
+    by_cell: dict[int, list[tuple[int, Region]]] = {}
+    for i, r in enumerate(regions(nb, where)):
+        by_cell.setdefault(r.cell, []).append((i, r))
+    for ci, items in by_cell.items():
+        lines = source(nb["cells"][ci]).split("\n")
+        for i, r in reversed(items):
+            lines[r.start: r.end + 1] = replacement(i, r)
+        nb["cells"][ci]["source"] = split_source("\n".join(lines))
+    return nb
+
+
+def build_exercise(sol_path: Path) -> str:
+    nb = read_nb(sol_path)
+    where = sol_path.relative_to(ROOT).as_posix()
+    if not regions(nb, where):
+        raise ValueError(f"{where} has no {BEGIN} regions")
+    nb = replace_regions(nb, lambda i, r: stub(r), where)
+    cells = []
+    for cell in nb["cells"]:
+        if "solution" in cell.get("metadata", {}).get("tags", []):
+            continue
+        cell = dict(cell)
+        cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in ("tags",)}
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        cell.pop("id", None)
+        cells.append(cell)
+    banner = {
+        "cell_type": "markdown", "metadata": {},
+        "source": split_source(
+            f"> **Exercises.** Write your code where it says `# YOUR CODE HERE`, then run the check "
+            f"cell below it: it tells you which case passes, and what it expected where one fails. "
+            f"Stuck? The solved notebook is [`solutions/{sol_path.name}`](../solutions/{sol_path.name}).\n"
+            f">\n> *This file is generated from the solutions by `make exercises`, which overwrites it: "
+            f"keep your own work in a copy if you run that.*"),
+    }
+    out = {"cells": [cells[0], banner] + cells[1:], "metadata": clean_metadata(nb["metadata"]),
+           "nbformat": 4, "nbformat_minor": 5}
+    for i, cell in enumerate(out["cells"]):
+        cell["id"] = f"cell-{i:03d}"
+    return nb_text(out)
+
+
+def exercises(check: bool = False) -> list[str]:
+    problems = []
+    solved = lessons("solutions")
+    for sol in solved:
+        target = ROOT / "exercises" / sol.name
+        text = build_exercise(sol)
+        current = target.read_text(encoding="utf-8") if target.exists() else None
+        if current == text:
+            continue
+        if check:
+            problems.append(f"exercises/{sol.name} is out of date with solutions/{sol.name}: run `make exercises`")
+        else:
+            atomic_write(target, text)
+    for ex in lessons("exercises"):
+        if not (ROOT / "solutions" / ex.name).exists():
+            problems.append(f"exercises/{ex.name} has no solutions/{ex.name} to come from")
+    return problems
+
+
+# ----------------------------------------------------------------------------- lint
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(/home/|/root/|/Users/|/work/|/tmp/|/private/var/|[A-Za-z]:\\\\?Users)")
+
+
+def clean_metadata(meta: dict) -> dict:
+    return {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        **({"widgets": meta["widgets"]} if "widgets" in meta else {}),
+    }
+
+
+def lint_notebook(path: Path, executed: bool) -> list[str]:
+    """executed=True: every code cell ran, in order 1, 2, 3... from a fresh kernel.
+    executed=False: no outputs and no execution counts at all."""
+    rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+    nb = read_nb(path)
+    problems = []
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        problems.append(f"{rel}: kernel is {kernel!r}, not the standard 'python3'")
+    count = 0
+    for i, cell in enumerate(nb["cells"]):
+        where = f"{rel} cell {i}"
+        text = source(cell)
+        if ABSOLUTE_PATH.search(text):
+            problems.append(f"{where}: source holds an absolute path ({ABSOLUTE_PATH.search(text).group(0)}...)")
+        if cell["cell_type"] != "code":
+            continue
+        outputs, n = cell.get("outputs", []), cell.get("execution_count")
+        for out in outputs:
+            if out.get("output_type") == "error":
+                problems.append(f"{where}: error output ({out.get('ename')}: {out.get('evalue')})")
+            if out.get("output_type") == "stream" and out.get("name") == "stderr" and "Traceback" in "".join(out.get("text", "")):
+                problems.append(f"{where}: a traceback in stderr")
+            blob = json.dumps({k: v for k, v in out.items() if k != "data"}) + json.dumps(
+                {k: v for k, v in out.get("data", {}).items() if k.startswith("text/")})
+            m = ABSOLUTE_PATH.search(blob)
+            if m:
+                problems.append(f"{where}: output holds an absolute path ({m.group(0)}...)")
+        if outputs and n is None:
+            problems.append(f"{where}: outputs without an execution count")
+        if executed:
+            count += 1
+            if n != count:
+                problems.append(f"{where}: execution count {n}, expected {count} (run top to bottom in a fresh kernel)")
+        elif outputs or n is not None:
+            problems.append(f"{where}: exercise notebooks are committed without outputs")
+    return problems
+
+
+def lint() -> list[str]:
+    problems = []
+    for folder in LESSON_DIRS:
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            if not LESSON_NAME.match(path.name):
+                problems.append(f"{folder}/{path.name}: lesson files are named NN_name.ipynb")
+            problems += lint_notebook(path, executed=(folder != "exercises"))
+    names = {f: {p.name for p in lessons(f)} for f in LESSON_DIRS}
+    for n in names["notebooks"] ^ names["solutions"]:
+        problems.append(f"{n}: a lesson needs both notebooks/{n} and solutions/{n}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- execute
+
+def execute(path: Path, timeout: int = 1800) -> None:
+    """Run a notebook top to bottom in a fresh kernel in its own folder, and save it
+    with tidy metadata."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    data = json.loads(nbformat.writes(nb))
+    data["metadata"] = clean_metadata(data["metadata"])
+    for cell in data["cells"]:
+        cell.get("metadata", {}).pop("execution", None)
+    atomic_write(path, nb_text(data))
+
+
+# ----------------------------------------------------------------------------- text form
+
+CELL_MARK = re.compile(r"^# %%( \[markdown\])?( tags=\[(.*)\])?$")
+
+
+def unpack(nb: dict) -> str:
+    parts = []
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        tag = f" tags=[{','.join(tags)}]" if tags else ""
+        text = source(cell).rstrip()
+        if cell["cell_type"] == "markdown":  # as comments, so the file stays valid Python
+            text = "\n".join(f"# {line}" if line else "#" for line in text.split("\n"))
+        kind = " [markdown]" if cell["cell_type"] == "markdown" else ""
+        parts.append(f"# %%{kind}{tag}\n{text}\n")
+    return "\n".join(parts)
+
+
+def pack(text: str) -> dict:
+    cells, current = [], None
+    for line in text.split("\n"):
+        m = CELL_MARK.match(line)
+        if m:
+            current = {"cell_type": "markdown" if m.group(1) else "code", "metadata": {}, "lines": []}
+            if m.group(3):
+                current["metadata"]["tags"] = m.group(3).split(",")
+            cells.append(current)
+        elif current is not None:
+            current["lines"].append(line)
+    out = []
+    for c in cells:
+        if c["cell_type"] == "markdown":
+            c["lines"] = [l[2:] if l.startswith("# ") else ("" if l == "#" else l) for l in c["lines"]]
+    for i, c in enumerate(cells):
+        cell = {"cell_type": c["cell_type"], "id": f"cell-{i:03d}", "metadata": c["metadata"],
+                "source": split_source("\n".join(c["lines"]).strip("\n"))}
+        if c["cell_type"] == "code":
+            cell.update(outputs=[], execution_count=None)
+        out.append(cell)
+    return {"cells": out, "metadata": clean_metadata({}), "nbformat": 4, "nbformat_minor": 5}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("export", "exercises"):
+        p = sub.add_parser(name)
+        p.add_argument("--check", action="store_true", help="write nothing; fail if anything is out of date")
+    sub.add_parser("lint")
+    p = sub.add_parser("execute")
+    p.add_argument("notebooks", nargs="+", type=Path)
+    p = sub.add_parser("unpack")
+    p.add_argument("notebook", type=Path)
+    p = sub.add_parser("pack")
+    p.add_argument("text", type=Path)
+    p.add_argument("notebook", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.cmd in ("export", "exercises"):
+        problems = (export if args.cmd == "export" else exercises)(check=args.check)
+    elif args.cmd == "lint":
+        problems = lint()
+    elif args.cmd == "execute":
+        for path in args.notebooks:
+            print(f"executing {path}", flush=True)
+            execute(path.resolve())
+        problems = []
+    elif args.cmd == "unpack":
+        sys.stdout.write(unpack(read_nb(args.notebook)))
+        return 0
+    else:
+        atomic_write(args.notebook, nb_text(pack(args.text.read_text(encoding="utf-8"))))
+        return 0
+    for p in problems:
+        print(p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
