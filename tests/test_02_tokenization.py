@@ -1,0 +1,238 @@
+"""Lesson 02: minillm.tokenizer (CharTokenizer, BPETokenizer), against hand-checked cases
+and a straightforward recount-every-merge reference trainer."""
+import json
+import os
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from exercise_tools import assert_checks_work
+from minillm.corpus import tiny_shakespeare
+from minillm.tokenizer import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, load_tokenizer, merge,
+                               pair_counts, tokenizer_from_dict)
+
+import regex
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    return tiny_shakespeare(offline=True)
+
+
+@pytest.fixture(scope="module")
+def trained(shakespeare):
+    return BPETokenizer().train(shakespeare[:200_000], 512)
+
+
+def reference_merges(text: str, vocab_size: int, pattern=GPT2_SPLIT_PATTERN) -> list[tuple[int, int]]:
+    """The textbook trainer: recount every pair after every merge (slow, obviously right).
+    Same tie-break as minillm: most frequent, then the smallest pair."""
+    chunks = regex.findall(pattern, text) if pattern else [text]
+    words = [list(c.encode("utf-8")) for c in chunks]
+    merges = []
+    for new_id in range(256, vocab_size):
+        counts = Counter()
+        for w in words:
+            counts.update(zip(w, w[1:]))
+        if not counts:
+            break
+        best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+        merges.append(best)
+        words = [merge(w, best, new_id) for w in words]
+    return merges
+
+
+# ------------------------------------------------------------------ CharTokenizer
+
+def test_char_tokenizer_round_trip():
+    tok = CharTokenizer("hello")
+    assert tok.chars == ["e", "h", "l", "o"] and tok.vocab_size == 4
+    assert tok.encode("hello") == [1, 0, 2, 2, 3] and tok.decode([1, 0, 2, 2, 3]) == "hello"
+
+
+def test_char_tokenizer_errors_name_the_culprit():
+    tok = CharTokenizer("abc")
+    with pytest.raises(ValueError, match=r"character 'z' \(U\+007A\) at position 2 is not in .* 3 characters"):
+        tok.encode("abz")
+    with pytest.raises(ValueError, match="invalid token id: 3 .*0 to 2"):
+        tok.decode([0, 3])
+    with pytest.raises(ValueError, match="invalid token id: -1"):
+        tok.decode([-1])
+    with pytest.raises(ValueError, match="non-empty text"):
+        CharTokenizer("")
+
+
+def test_char_tokenizer_save_load(tmp_path, shakespeare):
+    tok = CharTokenizer(shakespeare)
+    tok.save(tmp_path / "chars.json")
+    again = CharTokenizer.load(tmp_path / "chars.json")
+    assert again.chars == tok.chars and isinstance(load_tokenizer(tmp_path / "chars.json"), CharTokenizer)
+
+
+# ------------------------------------------------------------------ BPE: the building blocks
+
+def test_pair_counts_and_merge_docstring_examples():
+    assert pair_counts([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    assert merge([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
+    assert merge([5, 5, 5], (5, 5), 9) == [9, 5] and merge([], (1, 2), 3) == []
+
+
+def test_wikipedia_example():
+    for pattern in (None, GPT2_SPLIT_PATTERN):
+        tok = BPETokenizer(pattern=pattern).train("aaabdaaabac", 256 + 3)
+        assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
+        assert list(tok.merges) == [(97, 97), (97, 98), (256, 257)]
+        assert tok.token_bytes(258) == b"aaab"
+
+
+def test_pre_split_keeps_merges_inside_chunks():
+    text = "the cat. the hat. the bat."
+    tok = BPETokenizer().train(text, 300)
+    assert all(b"." not in tok.token_bytes(i) or tok.token_bytes(i).strip(b".") == b"" for i in tok.merges.values())
+    assert all(not tok.token_bytes(i).endswith(b" ") for i in tok.merges.values())   # a space only leads
+
+
+# ------------------------------------------------------------------ BPE: training is right and fast
+
+def test_incremental_training_equals_recounting(shakespeare):
+    text = shakespeare[:20_000]
+    assert list(BPETokenizer().train(text, 400).merges) == reference_merges(text, 400)
+    assert list(BPETokenizer(pattern=None).train(text[:3000], 300).merges) == reference_merges(text[:3000], 300, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="ab c\nd", max_size=60), st.integers(256, 300))
+def test_incremental_training_equals_recounting_on_any_text(text, vocab_size):
+    assert list(BPETokenizer().train(text, vocab_size).merges) == reference_merges(text, vocab_size)
+
+
+def test_training_stops_when_pairs_run_out():
+    tok = BPETokenizer().train("ab ab", 1000)
+    assert tok.vocab_size < 1000 and tok.encode("ab ab") == [256, 257]
+
+
+def test_training_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="vocab_size must be an integer of at least 256.*got 100"):
+        BPETokenizer().train("text", 100)
+    with pytest.raises(ValueError, match="already has merges"):
+        BPETokenizer([(97, 98)]).train("text", 300)
+
+
+# ------------------------------------------------------------------ BPE: encode and decode
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_string_round_trips(trained, text):
+    assert trained.decode(trained.encode(text)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+def test_untrained_tokenizer_is_plain_utf8(text):
+    tok = BPETokenizer()
+    assert tok.encode(text) == list(text.encode("utf-8"))
+
+
+def test_encode_matches_the_merge_definition(trained, shakespeare):
+    """Encoding a chunk = apply merges by rank, lowest first, until none applies."""
+    for chunk in regex.findall(GPT2_SPLIT_PATTERN, shakespeare[300_000:302_000]):
+        ids = list(chunk.encode("utf-8"))
+        while True:
+            ranked = [p for p in zip(ids, ids[1:]) if p in trained.merges]
+            if not ranked:
+                break
+            best = min(ranked, key=trained.merges.get)
+            ids = merge(ids, best, trained.merges[best])
+        assert trained.encode(chunk) == ids
+
+
+def test_decode_errors_and_partial_characters(trained):
+    with pytest.raises(ValueError, match=f"invalid token id: 9999 .*0 to {trained.vocab_size - 1}"):
+        trained.decode([9999])
+    assert trained.decode([0xE2, 0x82]) == "\ufffd"            # a cut-off '€' decodes, it does not crash
+    with pytest.raises(TypeError, match="takes a str, got bytes"):
+        trained.encode(b"bytes")
+
+
+def test_special_tokens(trained):
+    tok = BPETokenizer(list(trained.merges), special_tokens=["<|endoftext|>", "<|pad|>"])
+    eot, pad = trained.vocab_size, trained.vocab_size + 1
+    assert tok.special_tokens == {"<|endoftext|>": eot, "<|pad|>": pad} and tok.vocab_size == eot + 2
+    text = "Exeunt.<|endoftext|>ACT II<|pad|>"
+    ids = tok.encode(text, allowed_special="all")
+    assert ids.count(eot) == 1 and ids.count(pad) == 1 and tok.decode(ids) == text
+    assert eot not in tok.encode(text, allowed_special="none") and tok.decode(tok.encode(text, allowed_special="none")) == text
+    only_eot = tok.encode(text, allowed_special={"<|endoftext|>"})
+    assert eot in only_eot and pad not in only_eot
+    with pytest.raises(ValueError, match="contains the special token '<\\|endoftext\\|>'"):
+        tok.encode(text)
+    with pytest.raises(ValueError, match="does not have"):
+        tok.encode(text, allowed_special={"<|unknown|>"})
+    with pytest.raises(ValueError, match="add merges before special tokens"):
+        tok._add_merge((97, 98))
+
+
+# ------------------------------------------------------------------ BPE: save and load
+
+def test_save_load_round_trip(tmp_path, trained):
+    tok = BPETokenizer(list(trained.merges), special_tokens=["<|endoftext|>"])
+    tok.save(tmp_path / "tok.json")
+    again = BPETokenizer.load(tmp_path / "tok.json")
+    assert again.merges == tok.merges and again.special_tokens == tok.special_tokens and again.pattern == tok.pattern
+    sample = "But, soft! what light<|endoftext|>"
+    assert again.encode(sample, allowed_special="all") == tok.encode(sample, allowed_special="all")
+    assert json.loads((tmp_path / "tok.json").read_text())["version"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]        # no temporary file left
+    assert tokenizer_from_dict(tok.to_dict()).merges == tok.merges
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[: len(text) // 2], "not a readable tokenizer file"),
+    (lambda text: "[1, 2, 3]", "holds a JSON list"),
+    (lambda text: json.dumps({"format": "something-else", "version": 1}), "its format is 'something-else'"),
+    (lambda text: text.replace('"version": 1', '"version": 99'), "version 99"),
+    (lambda text: text.replace("[", "[7000, ", 2), "merges"),
+    (lambda text: text.replace('"merges": [', '"merges": [[300, 301], ', 1), "does not exist yet"),
+    (lambda text: text.replace('"pattern": "', '"pattern": "(', 1), "damaged"),
+])
+def test_damaged_files_are_refused(tmp_path, trained, damage, message):
+    path = tmp_path / "tok.json"
+    trained.save(path)
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(ValueError, match=message) as e:
+        BPETokenizer.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_checks_the_kind(tmp_path):
+    CharTokenizer("abc").save(tmp_path / "chars.json")
+    with pytest.raises(ValueError, match="holds a CharTokenizer, not a BPETokenizer"):
+        BPETokenizer.load(tmp_path / "chars.json")
+
+
+def test_save_is_atomic(tmp_path, trained, monkeypatch):
+    path = tmp_path / "tok.json"
+    BPETokenizer().save(path)
+    before = path.read_text()
+    def crash(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trained.save(path)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
+def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
+    assert_checks_work("02_tokenization", {
+        0: "return ''.join(chars[i - 1] for i in ids)",                       # off by one
+        1: "counts = {}\nfor pair in zip(ids, ids[1:] + ids[:1]):\n"          # wraps around the end
+           "    counts[pair] = counts.get(pair, 0) + 1\nreturn counts",
+        2: "out = list(ids)\nfor i in range(len(out) - 1):\n"                  # merges overlapping pairs twice
+           "    if (ids[i], ids[i + 1]) == pair:\n        out[i] = new_id\n        out[i + 1] = None\n"
+           "return [x for x in out if x is not None]",
+        3: "ids = list(text.encode('utf-8'))\nmerges = []\n"                    # ties go to the largest pair
+           "for new_id in range(256, vocab_size):\n    counts = count_pairs(ids)\n    if not counts:\n        break\n"
+           "    best = max(counts, key=lambda p: (counts[p], p))\n    ids = merge_pair(ids, best, new_id)\n"
+           "    merges.append(best)\nreturn merges",
+    })
