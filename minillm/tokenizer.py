@@ -13,30 +13,19 @@ __all__ = [
 
 import heapq
 import json
-import os
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex
 
+from minillm.corpus import atomic_write_bytes
+
 FORMAT_VERSION = 1  # of the JSON files that save() writes; load() refuses other versions
 
 
 def _write_json(path, data: dict) -> None:
-    """Write `data` as JSON atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` as JSON atomically (lesson 01's temporary-file-then-rename)."""
+    atomic_write_bytes(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
 
 
 def _read_json(path) -> dict:
