@@ -92,12 +92,29 @@ def _same(expected: Any, got: Any) -> tuple[bool, str]:
             ok = torch.allclose(got.detach().double().cpu(), expected.detach().double().cpu(), atol=atol, rtol=rtol)
             return ok, f"values differ by up to {(got.double() - expected.double()).abs().max().item():.3g}"
         return bool(torch.equal(got.cpu(), expected.cpu())), "values differ"
-    if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+    if isinstance(expected, float):
+        if isinstance(got, torch.Tensor):
+            return False, "expected a Python float, got a tensor (turn a one-element tensor into a float with .item())"
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            return False, f"expected a number, got a {type(got).__name__}"
         return math.isclose(got, expected, rel_tol=rtol, abs_tol=atol), "the numbers differ"
+    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)) and list(expected) != list(got):
+        for i, (e, g) in enumerate(zip(expected, got)):
+            if e != g:
+                return False, f"first difference at index {i}: expected {e!r}, got {g!r}"
+        return False, f"expected {len(expected)} items, got {len(got)}"
     try:
         return bool(expected == got), "not equal"
     except Exception as e:
         return False, f"cannot compare: {type(e).__name__}: {e}"
+
+
+def _stub_name(error: BaseException) -> str:
+    """The function whose body raised NotImplementedError (the innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name if tb is not None else "?"
 
 
 def check(title: str, cases: list[tuple[str, Callable[[], Any], Any]], *, quiet: bool = False) -> None:
@@ -107,9 +124,9 @@ def check(title: str, cases: list[tuple[str, Callable[[], Any], Any]], *, quiet:
     for what, call, expected in cases:
         try:
             got = call()
-        except NotImplementedError:
-            report = (f"{title}: not done yet. Replace `raise NotImplementedError` with your code, "
-                      f"then run this cell again.")
+        except NotImplementedError as e:
+            report = (f"{title}: not done yet: `{_stub_name(e)}` still raises NotImplementedError. "
+                      f"Replace that line with your code, then run this cell again.")
             return _finish(Result(title, NOT_DONE, passed, len(cases), report), quiet)
         except Exception as e:
             if isinstance(expected, Raises) and isinstance(e, expected.error) and expected.match in str(e):

@@ -7,8 +7,8 @@ Change the notebook and run `make export` again.
 """
 
 __all__ = [
-    'FORMAT_VERSION', 'CharTokenizer', 'pair_counts', 'merge', 'GPT2_SPLIT_PATTERN',
-    'BPETokenizer', 'tokenizer_from_dict', 'load_tokenizer',
+    'CharTokenizer', 'pair_counts', 'merge', 'GPT2_SPLIT_PATTERN', 'train_merges',
+    'BPETokenizer', 'FORMAT_VERSION', 'tokenizer_from_dict', 'load_tokenizer',
 ]
 
 import heapq
@@ -20,23 +20,6 @@ import regex
 
 from minillm.corpus import atomic_write_bytes
 
-FORMAT_VERSION = 1  # of the JSON files that save() writes; load() refuses other versions
-
-
-def _write_json(path, data: dict) -> None:
-    """Write `data` as JSON atomically (lesson 01's temporary-file-then-rename)."""
-    atomic_write_bytes(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
-
-
-def _read_json(path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable tokenizer file: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a tokenizer file: it holds a JSON {type(data).__name__}, not an object")
-    return data
-
 
 class CharTokenizer:
     """One token per character; the vocabulary is the sorted set of characters of a text.
@@ -47,10 +30,10 @@ class CharTokenizer:
     """
 
     def __init__(self, text: str):
-        self.chars = sorted(set(text))
+        self.chars = sorted(set(text))                        # id -> character ("itos")
         if not self.chars:
             raise ValueError("CharTokenizer needs a non-empty text to build its vocabulary from")
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.stoi = {c: i for i, c in enumerate(self.chars)}  # character -> id
 
     @property
     def vocab_size(self) -> int:
@@ -73,6 +56,7 @@ class CharTokenizer:
             out.append(self.chars[i])
         return "".join(out)
 
+    # saving and loading: see section 9
     def to_dict(self) -> dict:
         return {"format": "minillm-char-tokenizer", "version": FORMAT_VERSION, "chars": "".join(self.chars)}
 
@@ -121,6 +105,55 @@ def merge(ids, pair, new_id) -> list[int]:
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
+def train_merges(chunk_counts: dict, n_merges: int, verbose: bool = False) -> list[tuple[int, int]]:
+    """Learn up to `n_merges` BPE merges from {chunk (str): how often it occurs}, updating
+    pair counts incrementally. Merge i gives id 256 + i. Most frequent pair first; on a
+    tie, the smallest pair. train_merges({"aaabdaaabac": 1}, 3) -> [(97, 97), (97, 98), (256, 257)]"""
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # each distinct chunk as ids
+    freqs = list(chunk_counts.values())                                # and how often it occurs
+    counts: Counter = Counter()                 # pair -> occurrences in the whole text
+    where: defaultdict = defaultdict(set)       # pair -> indices of the words that contain it
+    for w, (ids, f) in enumerate(zip(words, freqs)):
+        for pair in zip(ids, ids[1:]):
+            counts[pair] += f
+            where[pair].add(w)
+    heap = [(-c, pair) for pair, c in counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    while len(merges) < n_merges and heap:
+        neg, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -neg:
+            continue                              # a stale entry: this pair's count changed since
+        new_id = 256 + len(merges)
+        merges.append(pair)
+        changed: Counter = Counter()              # pair -> change of its count from this merge
+        rewritten = 0
+        for w in where.pop(pair):
+            old = words[w]
+            new = merge(old, pair, new_id)
+            if len(new) == len(old):
+                continue                          # the pair left this word in an earlier merge
+            rewritten += 1
+            for p in zip(old, old[1:]):
+                changed[p] -= freqs[w]
+            for p in zip(new, new[1:]):
+                changed[p] += freqs[w]
+                where[p].add(w)
+            words[w] = new
+        for p, delta in changed.items():
+            if delta:
+                counts[p] += delta
+                if counts[p] > 0:
+                    heapq.heappush(heap, (-counts[p], p))
+                else:
+                    del counts[p]
+        counts.pop(pair, None)
+        if verbose:
+            print(f"merge {len(merges)}: {pair} -> {new_id} ({-neg} times); rewrote {rewritten} of "
+                  f"{len(words)} distinct chunks; count changes {dict((p, d) for p, d in changed.items() if d)}")
+    return merges
+
+
 class BPETokenizer:
     """Byte-level byte-pair encoding (as GPT-2): the base vocabulary is the 256 byte values,
     training learns merges of frequent adjacent pairs inside the chunks of a pre-split
@@ -136,21 +169,20 @@ class BPETokenizer:
         pattern: the pre-split regex, or None to merge across the whole text."""
         self.pattern = pattern
         self._split = regex.compile(pattern) if pattern else None
-        self.merges: dict[tuple[int, int], int] = {}
-        self.vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
+        self.merges: dict[tuple[int, int], int] = {}          # pair -> the id it merges into
+        self.vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}   # id -> the bytes it stands for
+        self.special_tokens: dict[str, int] = {}
         for a, b in merges:
             self._add_merge((int(a), int(b)))
-        self.special_tokens: dict[str, int] = {}
         self.add_special_tokens(special_tokens)
 
-    # --- vocabulary -------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
         return len(self.vocab) + len(self.special_tokens)
 
     def _add_merge(self, pair) -> None:
         new_id = len(self.vocab)
-        if getattr(self, "special_tokens", None):
+        if self.special_tokens:
             raise ValueError("add merges before special tokens: special tokens take the ids after the merges")
         if not (0 <= pair[0] < new_id and 0 <= pair[1] < new_id):
             raise ValueError(f"merge {pair} refers to a token that does not exist yet (next id is {new_id})")
@@ -166,13 +198,11 @@ class BPETokenizer:
                 raise ValueError(f"a special token must be a non-empty string, got {token!r}")
             if token not in self.special_tokens:
                 self.special_tokens[token] = self.vocab_size
-        self._special_split = (regex.compile("(" + "|".join(regex.escape(t) for t in
-                               sorted(self.special_tokens, key=len, reverse=True)) + ")")
-                               if self.special_tokens else None)
-        self._inverse_special = {i: t.encode("utf-8") for t, i in self.special_tokens.items()}
+        by_length = sorted(self.special_tokens, key=len, reverse=True)
+        self._special_split = regex.compile("(" + "|".join(map(regex.escape, by_length)) + ")") if by_length else None
+        self._special_bytes = {i: t.encode("utf-8") for t, i in self.special_tokens.items()}
         self._cache: dict[str, list[int]] = {}
 
-    # --- training -----------------------------------------------------------------------
     def _chunks(self, text: str) -> list[str]:
         return self._split.findall(text) if self._split else ([text] if text else [])
 
@@ -183,59 +213,20 @@ class BPETokenizer:
             raise ValueError(f"vocab_size must be an integer of at least 256 (the byte values), got {vocab_size!r}")
         if self.merges or self.special_tokens:
             raise ValueError("train() starts from an empty tokenizer; this one already has merges or special tokens")
-        chunk_counts = Counter(self._chunks(text))
-        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # distinct chunks as ids
-        freqs = list(chunk_counts.values())                                 # and how often each occurs
-        counts: Counter = Counter()                 # pair -> occurrences in the whole text
-        where: defaultdict = defaultdict(set)       # pair -> indices of the words that contain it
-        for w, (ids, f) in enumerate(zip(words, freqs)):
-            for pair in zip(ids, ids[1:]):
-                counts[pair] += f
-                where[pair].add(w)
-        heap = [(-c, pair) for pair, c in counts.items()]
-        heapq.heapify(heap)
-        while len(self.vocab) < vocab_size and heap:
-            neg, pair = heapq.heappop(heap)
-            if counts.get(pair, 0) != -neg:
-                continue                              # a stale entry: this pair's count changed since
-            new_id = len(self.vocab)
+        for pair in train_merges(Counter(self._chunks(text)), vocab_size - 256, verbose):
             self._add_merge(pair)
-            changed: Counter = Counter()
-            for w in where.pop(pair):
-                old = words[w]
-                new = merge(old, pair, new_id)
-                if len(new) == len(old):
-                    continue
-                f = freqs[w]
-                for p in zip(old, old[1:]):
-                    changed[p] -= f
-                for p in zip(new, new[1:]):
-                    changed[p] += f
-                    where[p].add(w)
-                words[w] = new
-            for p, delta in changed.items():
-                if delta:
-                    counts[p] += delta
-                    if counts[p] > 0:
-                        heapq.heappush(heap, (-counts[p], p))
-                    else:
-                        del counts[p]
-            counts.pop(pair, None)
-            if verbose:
-                print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} {self.vocab[new_id]!r} ({-neg} times)")
         self._cache = {}
         return self
 
-    # --- encoding and decoding -----------------------------------------------------------
     def _encode_chunk(self, chunk: str) -> list[int]:
         cached = self._cache.get(chunk)
         if cached is not None:
             return cached
         ids = list(chunk.encode("utf-8"))
         while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float("inf")))
+            pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float("inf")))  # earliest merge
             if pair not in self.merges:
-                break                                 # no pair left that has a merge
+                break                                 # no adjacent pair has a merge
             ids = merge(ids, pair, self.merges[pair])
         if len(self._cache) < 200_000:                # a bound, for endless streams of new text
             self._cache[chunk] = ids
@@ -274,39 +265,28 @@ class BPETokenizer:
                 out.extend(self.encode_ordinary(part))
         return out
 
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` stands for."""
+        i = int(i)
+        if i in self.vocab:
+            return self.vocab[i]
+        if i in self._special_bytes:
+            return self._special_bytes[i]
+        raise ValueError(f"invalid token id: {i} (the vocabulary has ids 0 to {self.vocab_size - 1})")
+
     def decode(self, ids) -> str:
         """Ids -> text. A sequence cut inside a multi-byte character decodes with U+FFFD for
         the broken part (decoding never fails on valid ids)."""
-        parts = []
-        for i in ids:
-            i = int(i)
-            if i in self.vocab:
-                parts.append(self.vocab[i])
-            elif i in self._inverse_special:
-                parts.append(self._inverse_special[i])
-            else:
-                raise ValueError(f"invalid token id: {i} (the vocabulary has ids 0 to {self.vocab_size - 1})")
-        return b"".join(parts).decode("utf-8", errors="replace")
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
-    def token_bytes(self, i: int) -> bytes:
-        """The bytes a token stands for (for showing tokens)."""
-        return self.vocab[i] if i in self.vocab else self._inverse_special[i]
-
-    # --- saving and loading ---------------------------------------------------------------
+    # saving and loading: see section 9
     def to_dict(self) -> dict:
         return {"format": "minillm-bpe-tokenizer", "version": FORMAT_VERSION, "pattern": self.pattern,
                 "merges": [list(pair) for pair in self.merges], "special_tokens": self.special_tokens}
 
     @classmethod
     def from_dict(cls, data: dict) -> "BPETokenizer":
-        merges, special, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern")
-        if not isinstance(merges, list) or not all(
-                isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
-            raise ValueError("'merges' must be a list of [int, int] pairs")
-        if not isinstance(special, dict) or not all(isinstance(i, int) for i in special.values()):
-            raise ValueError("'special_tokens' must map strings to ids")
-        if pattern is not None and not isinstance(pattern, str):
-            raise ValueError("'pattern' must be a string or null")
+        merges, special, pattern = _check_bpe_data(data)
         tok = cls(merges, pattern=pattern)
         tok.add_special_tokens(sorted(special, key=special.get))
         if tok.special_tokens != special:
@@ -324,6 +304,37 @@ class BPETokenizer:
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={list(self.special_tokens)})")
+
+
+FORMAT_VERSION = 1  # of the JSON files that save() writes; load() refuses other versions
+
+
+def _write_json(path, data: dict) -> None:
+    """Write `data` as JSON atomically (lesson 01's temporary-file-then-rename)."""
+    atomic_write_bytes(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def _read_json(path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable tokenizer file: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a tokenizer file: it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _check_bpe_data(data: dict):
+    """The merges, special tokens and pattern of a saved BPE tokenizer, checked for type."""
+    merges, special, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern")
+    if not isinstance(merges, list) or not all(
+            isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
+        raise ValueError("'merges' must be a list of [int, int] pairs")
+    if not isinstance(special, dict) or not all(isinstance(i, int) for i in special.values()):
+        raise ValueError("'special_tokens' must map strings to ids")
+    if pattern is not None and not isinstance(pattern, str):
+        raise ValueError("'pattern' must be a string or null")
+    return merges, special, pattern
 
 
 _FORMATS = {"minillm-char-tokenizer": CharTokenizer, "minillm-bpe-tokenizer": BPETokenizer}

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from exercise_tools import assert_checks_work
 from minillm.corpus import tiny_shakespeare
 from minillm.tokenizer import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, load_tokenizer, merge,
-                               pair_counts, tokenizer_from_dict)
+                               pair_counts, tokenizer_from_dict, train_merges)
 
 import regex
 
@@ -84,6 +84,12 @@ def test_wikipedia_example():
         assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
         assert list(tok.merges) == [(97, 97), (97, 98), (256, 257)]
         assert tok.token_bytes(258) == b"aaab"
+
+
+def test_train_merges_docstring_example_and_weights():
+    assert train_merges({"aaabdaaabac": 1}, 3) == [(97, 97), (97, 98), (256, 257)]
+    # chunk weights count: " the" x50 outweighs "ab" x10 although "ab" has more pairs per chunk
+    assert train_merges({"abababab": 10, " the": 50}, 1) == [(32, 116)]
 
 
 def test_pre_split_keeps_merges_inside_chunks():
