@@ -11,3 +11,21 @@ from minillm.corpus import (CorpusError, bigram_counts, bigram_loss, corpus_path
 
 # 02 · tokenization
 from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
+
+# 03 · token embeddings
+from minillm.token_embedding import TokenEmbedding, cosine_similarity_matrix, one_hot_lookup
+
+# 04 · position embeddings
+from minillm.position_embedding import LearnedPositionEmbedding, SinusoidalPositionEmbedding, sinusoidal_encoding
+
+# 05 · the combined input embedding
+from minillm.input_embedding import InputEmbedding
+
+# 06 · layer normalization
+from minillm.layer_norm import LayerNorm, RMSNorm
+
+# 07 · self-attention, one head
+from minillm.self_attention import AttentionHead
+
+# 08 · multi-head attention
+from minillm.multi_head import MultiHeadAttention
