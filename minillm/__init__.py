@@ -29,3 +29,9 @@ from minillm.self_attention import AttentionHead
 
 # 08 · multi-head attention
 from minillm.multi_head import MultiHeadAttention
+
+# 09 · query, key, value
+from minillm.qkv import FusedQKVAttention, merge_heads, split_heads
+
+# 10 · causal masking
+from minillm.causal_mask import CausalAttention, causal_mask

@@ -1,0 +1,192 @@
+"""Lesson 09: minillm.qkv (split/merge heads, the fused QKV projection, equality with lesson 08 and torch)."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from exercise_tools import assert_checks_work
+from minillm.multi_head import MultiHeadAttention
+from minillm.qkv import FusedQKVAttention, merge_heads, split_heads
+
+
+def test_split_heads_on_the_worked_example():
+    x = torch.arange(12.0).view(1, 2, 6)
+    heads = split_heads(x, 2)
+    assert heads.shape == (1, 2, 2, 3)
+    assert heads[0, 0].tolist() == [[0, 1, 2], [6, 7, 8]] and heads[0, 1].tolist() == [[3, 4, 5], [9, 10, 11]]
+    assert split_heads(torch.arange(6.0).view(1, 1, 6), n_head=2).tolist() == [[[[0, 1, 2]], [[3, 4, 5]]]]   # the docstring
+
+
+@pytest.mark.parametrize("n_head", [1, 2, 3, 4, 6, 12])
+def test_split_and_merge_match_view_transpose_and_invert(n_head):
+    x = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(n_head))
+    nano = x.view(3, 5, n_head, 12 // n_head).transpose(1, 2)          # nanoGPT's way
+    assert torch.equal(split_heads(x, n_head), nano)
+    assert torch.equal(merge_heads(nano), nano.transpose(1, 2).reshape(3, 5, 12))
+    assert torch.equal(merge_heads(split_heads(x, n_head)), x)
+    assert torch.equal(split_heads(x.transpose(0, 1).transpose(0, 1), n_head), nano)   # views are fine
+
+
+def test_split_and_merge_refuse_bad_input():
+    with pytest.raises(ValueError, match=r"split_heads: the last dimension, 10, is not divisible by n_head=4"):
+        split_heads(torch.randn(2, 3, 10), 4)
+    with pytest.raises(ValueError, match=r"split_heads expects a \(B, T, C\) tensor, got shape \(3, 10\)"):
+        split_heads(torch.randn(3, 10), 2)
+    with pytest.raises(ValueError, match=r"split_heads expects a \(B, T, C\) tensor, got list"):
+        split_heads([[1.0, 2.0]], 1)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match=rf"split_heads: n_head must be a positive integer, got {bad!r}"):
+            split_heads(torch.randn(1, 2, 4), bad)
+    with pytest.raises(ValueError, match=r"merge_heads expects a \(B, nh, T, hs\) tensor, got shape \(2, 3, 4\)"):
+        merge_heads(torch.randn(2, 3, 4))
+
+
+def test_the_fused_layout_is_q_k_v_with_head_0_first():
+    """The docstring's example: d_model=4, n_head=2, 12 features per token."""
+    attn = FusedQKVAttention(4, 2)
+    with torch.no_grad():                                   # output feature i of qkv is (i + 1) * x[0]
+        attn.qkv.weight.zero_()
+        attn.qkv.weight[:, 0] = torch.arange(1.0, 13.0)
+    q, k, v = attn.project(torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]))
+    assert q[0, :, 0].tolist() == [[1, 2], [3, 4]]         # q of head 0 = features 0-1, head 1 = 2-3
+    assert k[0, :, 0].tolist() == [[5, 6], [7, 8]]
+    assert v[0, :, 0].tolist() == [[9, 10], [11, 12]]
+
+
+CONFIGS = [(12, 3, False), (32, 4, True), (16, 1, False), (8, 8, True), (24, 6, False)]
+
+
+@pytest.mark.parametrize("d_model,n_head,bias", CONFIGS)
+def test_equal_to_lesson_08_in_values_weights_and_gradients(d_model, n_head, bias):
+    torch.manual_seed(d_model + n_head)
+    mha = MultiHeadAttention(d_model, n_head, bias=bias)
+    fused = FusedQKVAttention.from_multi_head(mha)
+    x = torch.randn(3, 7, d_model)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn(3, 7, d_model)
+    out1, out2 = fused(x1), mha(x2)
+    assert torch.allclose(out1, out2, atol=1e-6)
+    assert torch.allclose(fused.attention_weights(x), mha.attention_weights(x), atol=1e-6)
+    (out1 * upstream).sum().backward()
+    (out2 * upstream).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    # the fused weight's gradient is the heads' gradients stacked in the same layout
+    for i, role in enumerate(("query", "key", "value")):
+        rows = slice(i * d_model, (i + 1) * d_model)
+        expected = torch.cat([getattr(h, role).weight.grad for h in mha.heads])
+        assert torch.allclose(fused.qkv.weight.grad[rows], expected, atol=1e-5)
+        if bias:
+            assert torch.allclose(fused.qkv.bias.grad[rows], torch.cat([getattr(h, role).bias.grad for h in mha.heads]), atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_equal_to_torch_multihead_attention_without_its_output_projection(bias):
+    """nn.MultiheadAttention keeps its in-projection in the same [q | k | v] layout; with an
+    identity output projection it computes exactly our module."""
+    torch.manual_seed(5)
+    C, nh = 32, 4
+    ours = FusedQKVAttention(C, nh, bias=bias)
+    theirs = nn.MultiheadAttention(C, nh, bias=bias, batch_first=True)
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(ours.qkv.weight)
+        if bias:
+            ours.qkv.bias.normal_()
+            theirs.in_proj_bias.copy_(ours.qkv.bias)
+            theirs.out_proj.bias.zero_()
+        theirs.out_proj.weight.copy_(torch.eye(C))
+    x = torch.randn(2, 9, C)
+    out, weights = theirs(x, x, x, need_weights=True, average_attn_weights=False)
+    assert torch.allclose(ours(x), out, atol=1e-5)
+    assert torch.allclose(ours.attention_weights(x), weights, atol=1e-6)
+
+
+def test_equal_to_torch_scaled_dot_product_attention():
+    torch.manual_seed(6)
+    attn = FusedQKVAttention(48, 6, bias=True)
+    x = torch.randn(4, 11, 48)
+    q, k, v = attn.project(x)
+    assert q.shape == k.shape == v.shape == (4, 6, 11, 8)
+    expected = F.scaled_dot_product_attention(q, k, v)                   # (B, nh, T, hs)
+    assert torch.allclose(attn(x), merge_heads(expected), atol=1e-5)
+
+
+def test_attention_weights_are_distributions():
+    attn = FusedQKVAttention(16, 4)
+    w = attn.attention_weights(torch.randn(2, 5, 16))
+    assert w.shape == (2, 4, 5, 5)
+    assert (w > 0).all() and torch.allclose(w.sum(-1), torch.ones(2, 4, 5), atol=1e-6)
+
+
+def test_without_a_mask_attention_sees_the_whole_sequence():
+    """No mask and no positions: permuting the tokens permutes the outputs, and changing the last
+    token changes the first one's output (lesson 10 takes this away)."""
+    torch.manual_seed(7)
+    attn = FusedQKVAttention(16, 2)
+    x = torch.randn(1, 6, 16)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    assert torch.allclose(attn(x[:, perm]), attn(x)[:, perm], atol=1e-6)
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    assert not torch.allclose(attn(changed)[:, 0], attn(x)[:, 0], atol=1e-4)
+
+
+def test_gradcheck_in_double_precision():
+    attn = FusedQKVAttention(6, 2, bias=True).double()
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(attn, (x,))
+
+
+def test_from_multi_head_copies_and_keeps_dtype():
+    mha = MultiHeadAttention(8, 2).double()
+    fused = FusedQKVAttention.from_multi_head(mha)
+    assert fused.qkv.weight.dtype == torch.float64 and fused.qkv.bias is None
+    x = torch.randn(1, 3, 8, dtype=torch.float64)
+    assert torch.allclose(fused(x), mha(x), atol=1e-12)
+    with torch.no_grad():
+        fused.qkv.weight.zero_()                                         # a copy, not shared storage
+    assert mha.heads[0].query.weight.abs().sum() > 0
+    assert (fused.n_head, fused.head_size, fused.d_model) == (2, 4, 8)
+
+
+def test_from_multi_head_refuses_what_it_cannot_fuse():
+    with pytest.raises(TypeError, match=r"FusedQKVAttention.from_multi_head expects a MultiHeadAttention, got Linear"):
+        FusedQKVAttention.from_multi_head(nn.Linear(4, 4))
+    narrow = MultiHeadAttention(12, 3, head_size=2)                      # 3 heads of 2: 6 features, not 12
+    with pytest.raises(ValueError, match=r"3 heads of head_size=2 make 6, but d_model=12"):
+        FusedQKVAttention.from_multi_head(narrow)
+
+
+def test_configuration_and_input_errors_name_the_values():
+    with pytest.raises(ValueError, match=r"FusedQKVAttention: d_model=10 is not divisible by n_head=3"):
+        FusedQKVAttention(10, 3)
+    for name, args in (("d_model", (0, 1)), ("n_head", (8, 0)), ("d_model", (8.0, 2)), ("n_head", (8, True))):
+        with pytest.raises(ValueError, match=rf"FusedQKVAttention: {name} must be a positive integer"):
+            FusedQKVAttention(*args)
+    attn = FusedQKVAttention(12, 3)
+    with pytest.raises(ValueError, match=r"built for d_model=12, but the input's last dimension is 16 \(shape \(2, 5, 16\)\)"):
+        attn(torch.randn(2, 5, 16))
+    with pytest.raises(ValueError, match=r"expects a \(B, T, C\) tensor, got shape \(5, 12\)"):
+        attn(torch.randn(5, 12))
+    with pytest.raises(ValueError, match=r"built for d_model=12, but the input's last dimension is 16"):
+        attn.attention_weights(torch.randn(1, 2, 16))
+    with pytest.raises(TypeError, match=r"floating-point tensor, got dtype torch.int64"):
+        attn(torch.zeros(1, 2, 12, dtype=torch.long))
+    assert repr(attn).startswith("FusedQKVAttention(\n  d_model=12, n_head=3, head_size=4")
+
+
+def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
+    assert_checks_work("09_qkv", {
+        0: "return x.reshape(B, n_head, T, C // n_head)",                           # right shape, wrong contents
+        1: "return torch.cat([torch.cat([h.query.weight, h.key.weight, h.value.weight]) for h in mha.heads])",  # interleaved per head
+        2: "scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
+           "return torch.softmax(scores, dim=-2) @ v",                                # softmax over the queries
+        3: "kv = self.n_kv_head * self.head_size\n"                                   # tiles the kv heads: [0, 1, 0, 1]
+           "q, k, v = self.qkv(x).split([self.d_model, kv, kv], dim=-1)\n"
+           "group = self.n_head // self.n_kv_head\n"
+           "q = split_heads(q, self.n_head)\n"
+           "k = split_heads(k, self.n_kv_head).repeat(1, group, 1, 1)\n"
+           "v = split_heads(v, self.n_kv_head).repeat(1, group, 1, 1)\n"
+           "return q, k, v",
+    })
