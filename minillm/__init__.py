@@ -35,3 +35,9 @@ from minillm.qkv import FusedQKVAttention, merge_heads, split_heads
 
 # 10 · causal masking
 from minillm.causal_mask import CausalAttention, causal_mask
+
+# 11 · attention scores and softmax
+from minillm.attention import attention_weights, scaled_dot_product_attention, softmax
+
+# 12 · the complete causal self-attention module
+from minillm.causal_self_attention import CausalSelfAttention, KVCache
