@@ -41,3 +41,9 @@ from minillm.attention import attention_weights, scaled_dot_product_attention, s
 
 # 12 · the complete causal self-attention module
 from minillm.causal_self_attention import CausalSelfAttention, KVCache
+
+# 13 · feed-forward networks
+from minillm.mlp import MLP
+
+# 14 · residual connections
+from minillm.residual import PreNormResidual
