@@ -65,6 +65,8 @@ results: list[Result] = []
 
 
 def _show(value: Any, width: int = 300) -> str:
+    if isinstance(value, Raises):
+        return value.error.__name__ + (f" mentioning {value.match!r}" if value.match else "")
     if isinstance(value, Close):
         value = value.value
     text = repr(value)
@@ -88,10 +90,17 @@ def _same(expected: Any, got: Any) -> tuple[bool, str]:
             return False, f"expected a tensor, got a {type(got).__name__}"
         if tuple(got.shape) != tuple(expected.shape):
             return False, f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
+        g, e = got.detach().double().cpu(), expected.detach().double().cpu()
         if expected.is_floating_point() or got.is_floating_point():
-            ok = torch.allclose(got.detach().double().cpu(), expected.detach().double().cpu(), atol=atol, rtol=rtol)
-            return ok, f"values differ by up to {(got.double() - expected.double()).abs().max().item():.3g}"
-        return bool(torch.equal(got.cpu(), expected.cpu())), "values differ"
+            ok = torch.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True)
+        else:
+            ok = bool(torch.equal(g, e))
+        if ok:
+            return True, ""
+        diff = (g - e).abs().nan_to_num(nan=float("inf"))
+        where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+        return False, (f"largest difference at index {list(where)}: expected {e[where].item():.6g}, "
+                       f"got {g[where].item():.6g}")
     if isinstance(expected, float):
         if isinstance(got, torch.Tensor):
             return False, "expected a Python float, got a tensor (turn a one-element tensor into a float with .item())"
@@ -133,14 +142,12 @@ def check(title: str, cases: list[tuple[str, Callable[[], Any], Any]], *, quiet:
                 passed += 1
                 lines.append(f"  ✓ {what}")
             else:
-                want = (f"{expected.error.__name__} mentioning {expected.match!r}"
-                        if isinstance(expected, Raises) else _show(expected))
+                want = _show(expected)
                 lines.append(f"  ✗ {what}\n      expected: {want}\n      got:      "
                              f"{type(e).__name__}: {e}")
             continue
         if isinstance(expected, Raises):
-            lines.append(f"  ✗ {what}\n      expected: {expected.error.__name__} mentioning "
-                         f"{expected.match!r}\n      got:      no error, the result {_show(got)}")
+            lines.append(f"  ✗ {what}\n      expected: {_show(expected)}\n      got:      no error, the result {_show(got)}")
             continue
         ok, why = _same(expected, got)
         if ok:

@@ -37,9 +37,12 @@ def test_failures_say_what_was_expected(capsys):
         ("wrong error", lambda: [][1], Raises(ValueError, "bad")),
         ("crash", lambda: 1 / 0, 1),
         ("predicate", lambda: 2, Holds(lambda x: x > 3, "more than 3")),
+        ("where", lambda: torch.tensor([[1.0, 2.0], [3.0, 9.0]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]])),
+        ("any error", lambda: 1, Raises(KeyError)),
     ], capsys)
     assert result.status == checks.FAILED and result.passed == 0
     for expected in ("got a tensor", ".item()", "first difference at index 2: expected 4, got 3",
                      "expected shape (3, 2), got shape (2, 3)", "no error, the result 1", "IndexError",
-                     "ZeroDivisionError", "expected more than 3"):
+                     "ZeroDivisionError", "expected more than 3",
+                     "largest difference at index [1, 1]: expected 4, got 9", "expected: KeyError\n"):
         assert expected in out, expected

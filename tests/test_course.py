@@ -91,12 +91,18 @@ def test_solution_regions_must_be_well_formed():
         course.regions({"cells": [cell]})
 
 
-def test_stub_keeps_hints_and_raises():
-    nb = {"cells": [{"cell_type": "code", "source":
-                     "def f(x):\n    ### BEGIN SOLUTION\n    ### HINT: double it\n    return 2 * x\n    ### END SOLUTION\n"}]}
-    out = course.replace_regions(nb, lambda i, r: course.stub(r))
-    code = course.source(out["cells"][0])
-    assert "# Hint: double it" in code and "return 2 * x" not in code
+def test_exercise_folds_the_hint_away_and_the_stub_raises():
+    nb = {"metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Title"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": 1, "source":
+         "def f(x):\n    ### BEGIN SOLUTION\n    ### HINT: double it\n    return 2 * x\n    ### END SOLUTION\n"},
+        {"cell_type": "markdown", "metadata": {"tags": ["solution"]}, "source": "The answer is 2x."}]}
+    out = course.exercise_notebook(nb, "99_x.ipynb")
+    texts = [course.source(c) for c in out["cells"]]
+    assert texts[0] == "# Title" and "Exercises." in texts[1]
+    assert texts[2].startswith("<details><summary>Hint</summary>") and "double it" in texts[2]
+    code = texts[3]
+    assert "return 2 * x" not in code and "double it" not in code and "The answer" not in "".join(texts)
     namespace = {}
     exec(code, namespace)
     with pytest.raises(NotImplementedError):

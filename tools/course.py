@@ -295,10 +295,14 @@ def regions(nb: dict, where: str = "") -> list[Region]:
 
 
 def stub(region: Region) -> list[str]:
-    out = [f"{region.indent}# YOUR CODE HERE"]
-    out += [f"{region.indent}# Hint: {h}" for h in region.hints]
-    out.append(f"{region.indent}raise NotImplementedError")
-    return out
+    return [f"{region.indent}# YOUR CODE HERE", f"{region.indent}raise NotImplementedError"]
+
+
+def hint_cell(hints: list[str]) -> dict:
+    """A markdown cell with the hints folded away: a learner opens it only when stuck."""
+    body = "\n\n".join(hints)
+    return {"cell_type": "markdown", "metadata": {},
+            "source": split_source(f"<details><summary>Hint</summary>\n\n{body}\n\n</details>")}
 
 
 def replace_regions(nb: dict, replacement, where: str = "") -> dict:
@@ -315,16 +319,22 @@ def replace_regions(nb: dict, replacement, where: str = "") -> dict:
     return nb
 
 
-def build_exercise(sol_path: Path) -> str:
-    nb = read_nb(sol_path)
-    where = sol_path.relative_to(ROOT).as_posix()
-    if not regions(nb, where):
+def exercise_notebook(nb: dict, solution_name: str, where: str = "") -> dict:
+    """The exercise notebook made from a solution notebook: regions become stubs, their hints
+    go into a folded cell above the code, `solution` cells are dropped, outputs cleared."""
+    found = regions(nb, where)
+    if not found:
         raise ValueError(f"{where} has no {BEGIN} regions")
-    nb = replace_regions(nb, lambda i, r: stub(r), where)
+    hints_by_cell: dict[int, list[str]] = {}
+    for r in found:
+        hints_by_cell.setdefault(r.cell, []).extend(r.hints)
+    stubbed = replace_regions(nb, lambda i, r: stub(r), where)
     cells = []
-    for cell in nb["cells"]:
+    for ci, cell in enumerate(stubbed["cells"]):
         if "solution" in cell.get("metadata", {}).get("tags", []):
             continue
+        if hints_by_cell.get(ci):
+            cells.append(hint_cell(hints_by_cell[ci]))
         cell = dict(cell)
         cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in ("tags",)}
         if cell["cell_type"] == "code":
@@ -336,7 +346,8 @@ def build_exercise(sol_path: Path) -> str:
         "source": split_source(
             f"> **Exercises.** Write your code where it says `# YOUR CODE HERE`, then run the check "
             f"cell below it: it tells you which case passes, and what it expected where one fails. "
-            f"Stuck? The solved notebook is [`solutions/{sol_path.name}`](../solutions/{sol_path.name}).\n"
+            f"Stuck? Open the *Hint* above the exercise; the solved notebook is "
+            f"[`solutions/{solution_name}`](../solutions/{solution_name}).\n"
             f">\n> *This file is generated from the solutions by `make exercises`, which overwrites it: "
             f"keep your own work in a copy if you run that.*"),
     }
@@ -344,7 +355,12 @@ def build_exercise(sol_path: Path) -> str:
            "nbformat": 4, "nbformat_minor": 5}
     for i, cell in enumerate(out["cells"]):
         cell["id"] = f"cell-{i:03d}"
-    return nb_text(out)
+    return out
+
+
+def build_exercise(sol_path: Path) -> str:
+    where = sol_path.relative_to(ROOT).as_posix()
+    return nb_text(exercise_notebook(read_nb(sol_path), sol_path.name, where))
 
 
 def exercises(check: bool = False) -> list[str]:
