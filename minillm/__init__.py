@@ -47,3 +47,12 @@ from minillm.mlp import MLP
 
 # 14 · residual connections
 from minillm.residual import PreNormResidual
+
+# 15 · the transformer block
+from minillm.block import Block
+
+# 16 · stacking transformer layers
+from minillm.stack import TransformerStack, init_gpt2_
+
+# 17 · the output layer and LM head
+from minillm.model import GPT, GPTConfig, config_from_gpt2, parameter_breakdown

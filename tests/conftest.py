@@ -3,7 +3,9 @@
 - MINILLM_QUICK=1: expensive notebook cells run a small version of themselves.
 - MINILLM_OFFLINE=1: nothing downloads; the corpus comes from MINILLM_DATA (CI points it
   at ../shared/data) or from the cache that `make data` filled.
-Both are set before any notebook kernel starts, and kernels inherit them.
+- OMP_NUM_THREADS=1 (unless set): the suite's tensors are tiny, and on a small shared machine
+  torch's thread pool made them 10-20x slower, not faster.
+All are set before any notebook kernel starts, and kernels inherit them.
 """
 import os
 import sys
@@ -12,5 +14,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["MINILLM_QUICK"] = "1"
 os.environ["MINILLM_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,0 +1,179 @@
+"""Lesson 15: minillm.block (the transformer block), against PyTorch's nn.TransformerEncoderLayer."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from exercise_tools import assert_checks_work
+from minillm.block import Block
+from minillm.causal_mask import causal_mask
+from minillm.causal_self_attention import KVCache
+from minillm.residual import PreNormResidual
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a small, shared CPU: torch's thread pool only adds contention
+    (measured here: 10 times slower with 2 threads when the machine is busy)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomize(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
+    """Random values everywhere, norms included, so that no parameter can hide behind 1 or 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale_of_a_norm = name.startswith("ln_") and name.endswith("weight")
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if scale_of_a_norm else 0.0))
+    return module
+
+
+def torch_reference(block: Block, n_head: int, bias: bool = True) -> nn.TransformerEncoderLayer:
+    C = block.n_embd
+    ref = nn.TransformerEncoderLayer(C, n_head, dim_feedforward=4 * C, dropout=0.0, batch_first=True, norm_first=True,
+                                     activation=lambda t: F.gelu(t, approximate="tanh"), bias=bias)
+    with torch.no_grad():
+        pairs = [(ref.norm1, block.ln_1), (ref.norm2, block.ln_2), (ref.self_attn.out_proj, block.attn.c_proj),
+                 (ref.linear1, block.mlp.c_fc), (ref.linear2, block.mlp.c_proj)]
+        for theirs, ours in pairs:
+            theirs.weight.copy_(ours.weight)
+            if bias:
+                theirs.bias.copy_(ours.bias)
+        ref.self_attn.in_proj_weight.copy_(block.attn.c_attn.weight)
+        if bias:
+            ref.self_attn.in_proj_bias.copy_(block.attn.c_attn.bias)
+    return ref
+
+
+@pytest.mark.parametrize("C, n_head, T, bias", [(16, 4, 5, True), (32, 2, 9, True), (24, 3, 1, True), (16, 4, 7, False)])
+def test_equals_pytorch_transformer_layer_in_values_and_gradients(C, n_head, T, bias):
+    block = randomize(Block(C, n_head, block_size=16, bias=bias), seed=C + T)
+    ref = torch_reference(block, n_head, bias)
+    x = torch.randn(3, T, C, generator=torch.Generator().manual_seed(1))
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn(3, T, C, generator=torch.Generator().manual_seed(2))
+    ours, theirs = block(x1), ref(x2, src_mask=~causal_mask(T), is_causal=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    (ours * upstream).sum().backward()
+    (theirs * upstream).sum().backward()
+    # gradients reach 10 or more here: compare them relative to their size, as float32 allows
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(block.attn.c_attn.weight.grad, ref.self_attn.in_proj_weight.grad, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(block.mlp.c_proj.weight.grad, ref.linear2.weight.grad, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(block.ln_2.weight.grad, ref.norm2.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_is_two_pre_norm_residuals_in_order():
+    block = randomize(Block(16, 4, block_size=8))
+    first, second = PreNormResidual(16, block.attn), PreNormResidual(16, block.mlp)
+    first.ln.load_state_dict(block.ln_1.state_dict())
+    second.ln.load_state_dict(block.ln_2.state_dict())
+    x = torch.randn(2, 8, 16)
+    with torch.no_grad():
+        assert torch.allclose(block(x), second(first(x)), atol=1e-6)
+        swapped = PreNormResidual(16, block.attn)(PreNormResidual(16, block.mlp)(x))   # MLP first: not the block
+        assert not torch.allclose(block(x), swapped, atol=1e-3)
+
+
+def test_gpt2_names_and_shapes():
+    block = Block(768, 12, block_size=1024)
+    shapes = {name: tuple(p.shape) for name, p in block.named_parameters()}
+    assert shapes == {
+        "ln_1.weight": (768,), "ln_1.bias": (768,),
+        "attn.c_attn.weight": (2304, 768), "attn.c_attn.bias": (2304,),
+        "attn.c_proj.weight": (768, 768), "attn.c_proj.bias": (768,),
+        "ln_2.weight": (768,), "ln_2.bias": (768,),
+        "mlp.c_fc.weight": (3072, 768), "mlp.c_fc.bias": (3072,),
+        "mlp.c_proj.weight": (768, 3072), "mlp.c_proj.bias": (768,),
+    }
+    assert sum(p.numel() for p in block.parameters()) == 7_087_872
+
+
+@pytest.mark.parametrize("C, n_head", [(4, 1), (16, 4), (48, 6), (64, 8)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_parameter_count_by_hand(C, n_head, bias):
+    block = Block(C, n_head, block_size=8, bias=bias)
+    assert sum(p.numel() for p in block.parameters()) == 12 * C * C + (13 if bias else 2) * C
+    assert all(not name.endswith("bias") for name, _ in block.named_parameters()) or bias
+
+
+def test_shape_in_is_shape_out_and_the_past_does_not_see_the_future():
+    block = randomize(Block(16, 4, block_size=12)).eval()
+    x = torch.randn(2, 12, 16)
+    base = block(x)
+    assert base.shape == x.shape
+    for t in range(11):
+        changed = x.clone()
+        changed[:, t + 1:] += torch.randn(2, 11 - t, 16) * 5
+        after = block(changed)
+        assert torch.equal(after[:, : t + 1], base[:, : t + 1])
+        assert not torch.allclose(after[:, t + 1], base[:, t + 1])
+
+
+def test_the_updates_do_not_depend_on_the_streams_scale():
+    """Pre-norm: each sublayer reads a normalized copy, so scaling the stream by s (with
+    zero norm biases) leaves the first update unchanged, and a huge stream stays finite."""
+    block = randomize(Block(16, 4, block_size=8))
+    with torch.no_grad():
+        block.ln_1.bias.zero_()
+        x = torch.randn(2, 8, 16)
+        for s in (10.0, 1e3, 1e6):
+            assert torch.allclose(block.attn(block.ln_1(s * x)), block.attn(block.ln_1(x)), atol=1e-4)
+        big = block(1e6 * x)
+        assert torch.isfinite(big).all() and torch.allclose(big / 1e6, x, atol=1e-4)
+
+
+def test_kv_cache_step_by_step_equals_all_at_once():
+    block = randomize(Block(24, 3, block_size=16)).eval()
+    x = torch.randn(2, 14, 24)
+    with torch.no_grad():
+        full = block(x)
+        cache = KVCache()
+        chunks = [block(x[:, a:b], kv_cache=cache) for a, b in [(0, 5), (5, 6), (6, 11), (11, 12), (12, 14)]]
+    assert len(cache) == 14
+    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    block = Block(16, 4, block_size=8, dropout=0.3)
+    clean = Block(16, 4, block_size=8)
+    clean.load_state_dict(block.state_dict())
+    x = torch.randn(2, 8, 16)
+    block.train()
+    assert not torch.allclose(block(x), block(x))
+    block.eval()
+    assert torch.equal(block(x), block(x)) and torch.allclose(block(x), clean(x), atol=1e-6)
+
+
+def test_bad_inputs_give_clear_errors():
+    block = Block(16, 4, block_size=8)
+    with pytest.raises(ValueError, match=r"Block expects x of shape \(B, T, n_embd\) with n_embd=16, got shape \(5, 16\)"):
+        block(torch.randn(5, 16))
+    with pytest.raises(ValueError, match=r"n_embd=16, got shape \(2, 5, 12\)"):
+        block(torch.randn(2, 5, 12))
+    with pytest.raises(TypeError, match="Block expects a floating-point tensor, got list"):
+        block([[1.0] * 16])
+    with pytest.raises(TypeError, match="got dtype torch.int64"):
+        block(torch.ones(1, 4, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="length 9.*block size is only 8"):
+        block(torch.randn(1, 9, 16))
+    with pytest.raises(ValueError, match="n_embd=30 is not divisible by n_head=4"):
+        Block(30, 4, block_size=8)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        Block(16, 4, block_size=8, dropout=1.5)
+
+
+def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
+    assert_checks_work("15_block", {
+        0: "return 12 * n_embd ** 2 + 13 * n_embd",                                   # forgets bias=False
+        1: "x = x + attn(ln_1(x))\nreturn x + mlp(ln_2(x))",                            # the pre-norm block again
+        2: "return x + self.attn(self.ln_1(x)) + self.mlp(x)",                          # the MLP reads the raw stream
+        3: "return self.w2(F.gelu(self.w1(h)) * self.w3(h))",                           # GELU, not SiLU
+        4: "self.attention_norm = LayerNorm(n_embd, bias=False)\n"                      # LayerNorm, not RMSNorm
+           "self.attn = CausalSelfAttention(n_embd, n_head, block_size, bias=False)\n"
+           "self.ffn_norm = LayerNorm(n_embd, bias=False)\nself.ffn = SwiGLU(n_embd, hidden)",
+        5: "x = x + self.attn(self.attention_norm(x))\nreturn self.ffn(self.ffn_norm(x))",   # drops the second residual
+    })

@@ -1,0 +1,434 @@
+"""Lesson 17: minillm.model (GPTConfig, GPT, the tied LM head, the loss, GPT-2 loading).
+
+References: the parts of lessons 05-16 composed by hand, F.cross_entropy, parameter counts
+by formula (GPT-2 small's 124,439,808), and, when `transformers` is installed, Hugging
+Face's GPT2LMHeadModel itself.
+"""
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from exercise_tools import assert_checks_work
+from minillm.causal_self_attention import KVCache
+from minillm.model import (GPT, GPTConfig, config_from_gpt2, gpt2_key_to_minillm, parameter_breakdown,
+                           state_dict_from_gpt2)
+
+TINY = GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=4, n_embd=32)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Values of order one everywhere (norm scales around 1), so that no weight hides behind 0 or 1
+    and the logits are far from uniform."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_scale = ("ln_" in name) and name.endswith("weight")
+            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if is_norm_scale else 0.3) + (1.0 if is_norm_scale else 0.0))
+    return model
+
+
+def ids(B, T, V, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- GPTConfig
+
+def test_config_defaults_are_the_course_model():
+    c = GPTConfig()
+    assert (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.dropout, c.bias) == (256, 65, 6, 6, 384, 0.0, True)
+    assert [f.type for f in dataclasses.fields(GPTConfig)] in (
+        ["int", "int", "int", "int", "int", "float", "bool"], [int, int, int, int, int, float, bool])
+
+
+@pytest.mark.parametrize("field, value", [("block_size", 0), ("vocab_size", -3), ("n_layer", 0), ("n_head", 0),
+                                          ("n_embd", 2.5), ("n_layer", True), ("vocab_size", "65")])
+def test_config_rejects_bad_sizes_naming_the_field_and_value(field, value):
+    with pytest.raises(ValueError, match=f"GPTConfig: {field} must be a positive integer, got {value!r}"):
+        GPTConfig(**{field: value})
+
+
+def test_config_rejects_other_bad_values():
+    with pytest.raises(ValueError, match="n_embd=100 is not divisible by n_head=6"):
+        GPTConfig(n_embd=100, n_head=6)
+    for bad in (1.0, -0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match=f"dropout must be a probability in \\[0, 1\\), got {bad!r}"):
+            GPTConfig(dropout=bad)
+    with pytest.raises(ValueError, match="bias must be True or False, got 1"):
+        GPTConfig(bias=1)
+
+
+def test_config_is_frozen_and_replace_checks_again():
+    c = GPTConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.n_layer = 12
+    assert dataclasses.replace(c, dropout=0.1).dropout == 0.1
+    with pytest.raises(ValueError, match="n_layer must be a positive integer, got 0"):
+        dataclasses.replace(c, n_layer=0)
+
+
+# ----------------------------------------------------------------------------- GPT
+
+def test_forward_equals_the_parts_composed_by_hand():
+    torch.manual_seed(0)
+    model = randomize(GPT(TINY)).eval()
+    idx, targets = ids(3, 11, TINY.vocab_size), ids(3, 11, TINY.vocab_size, seed=2)
+    x = model.embedding(idx)                                 # (B, T, C)
+    for block in model.stack.h:
+        x = block(x)
+    x = model.ln_f(x)
+    expected = x @ model.embedding.token.weight.T            # (B, T, V): the tied head
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 11, TINY.vocab_size)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(loss, F.cross_entropy(expected.reshape(-1, TINY.vocab_size), targets.reshape(-1)), atol=1e-5)
+    assert model(idx)[1] is None
+
+
+def test_head_is_tied_to_the_token_embedding():
+    model = GPT(TINY)
+    assert model.lm_head.weight is model.embedding.token.weight
+    assert model.lm_head.bias is None
+    names = [n for n, _ in model.named_parameters()]
+    assert "embedding.token.weight" in names and "lm_head.weight" not in names     # listed once
+    # the gradient of the shared table is the sum of both uses
+    idx, targets = ids(2, 8, TINY.vocab_size), ids(2, 8, TINY.vocab_size, seed=3)
+    model(idx, targets)[1].backward()
+    grad = model.embedding.token.weight.grad.clone()
+    untied = GPT(TINY)
+    untied.load_state_dict(model.state_dict())
+    untied.lm_head.weight = nn.Parameter(model.embedding.token.weight.detach().clone())
+    untied(idx, targets)[1].backward()
+    assert torch.allclose(grad, untied.embedding.token.weight.grad + untied.lm_head.weight.grad, atol=1e-6)
+
+
+def test_initialisation_is_gpt2s():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=500, n_layer=4, n_head=4, n_embd=128))
+    std = lambda t: t.std().item()
+    assert abs(std(model.embedding.token.weight) - 0.02) < 1e-3
+    assert abs(std(model.stack.h[0].attn.c_attn.weight) - 0.02) < 1e-3
+    assert abs(std(model.stack.h[0].mlp.c_proj.weight) - 0.02 / math.sqrt(8)) < 5e-4
+    assert torch.all(model.stack.h[1].mlp.c_fc.bias == 0) and torch.all(model.ln_f.weight == 1)
+
+
+def test_untrained_loss_is_about_ln_vocab_size():
+    torch.manual_seed(0)
+    for V in (65, 1000):
+        model = GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=64)).eval()
+        _, loss = model(ids(8, 32, V), ids(8, 32, V, seed=5))
+        assert abs(loss.item() - math.log(V)) < 0.1
+
+
+def test_uniform_logits_give_exactly_ln_v():
+    model = GPT(TINY)
+    with torch.no_grad():
+        model.ln_f.weight.zero_()                           # ln_f outputs 0, so every logit is 0
+        model.ln_f.bias.zero_()
+    _, loss = model(ids(2, 5, TINY.vocab_size), ids(2, 5, TINY.vocab_size, seed=9))
+    assert loss.item() == pytest.approx(math.log(TINY.vocab_size), abs=1e-6)
+
+
+def test_targets_of_minus_one_are_ignored():
+    model = randomize(GPT(TINY)).eval()
+    idx, targets = ids(2, 10, TINY.vocab_size), ids(2, 10, TINY.vocab_size, seed=4)
+    masked = targets.clone()
+    masked[:, 6:] = -1
+    _, loss = model(idx, masked)
+    logits, _ = model(idx)
+    assert torch.allclose(loss, F.cross_entropy(logits[:, :6].reshape(-1, TINY.vocab_size), targets[:, :6].reshape(-1)), atol=1e-6)
+
+
+def test_sequence_longer_than_block_size_names_both_numbers():
+    model = GPT(GPTConfig(block_size=256, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="^Cannot forward sequence of length 300, block size is only 256$"):
+        model(torch.zeros(1, 300, dtype=torch.long))
+    model(torch.zeros(1, 256, dtype=torch.long))             # exactly the block size is fine
+    caches = [KVCache()]
+    model(torch.zeros(1, 250, dtype=torch.long), kv_caches=caches)
+    with pytest.raises(ValueError, match="length 7 starting at position 250 .*block size is only 256"):
+        model(torch.zeros(1, 7, dtype=torch.long), kv_caches=caches)
+
+
+def test_bad_inputs_give_clear_errors():
+    model = GPT(TINY)
+    with pytest.raises(ValueError, match=r"idx, a tensor of token ids of shape \(B, T\).*got shape \(5,\)"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got shape \(2, 0\)"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="got a list"):
+        model([[1, 2, 3]])
+    with pytest.raises(ValueError, match="token id 37 is out of range for a vocabulary of 37 ids"):
+        model(torch.tensor([[1, 37]]))
+    with pytest.raises(ValueError, match=r"targets must have the shape of idx, \(1, 3\).*got shape \(1, 2\)"):
+        model(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2]]))
+    with pytest.raises(TypeError, match="targets must hold integer token ids, got a tensor of dtype torch.float32"):
+        model(torch.tensor([[1, 2, 3]]), torch.tensor([[1.0, 2.0, 3.0]]))
+    with pytest.raises(ValueError, match=r"target id 40 at index \(0, 2\) is out of range for a vocabulary of 37 ids"):
+        model(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 40]]))
+    with pytest.raises(ValueError, match="target id -2"):
+        model(torch.tensor([[1, 2, 3]]), torch.tensor([[-2, 2, 3]]))
+    with pytest.raises(TypeError, match="GPT needs a GPTConfig, got dict"):
+        GPT({"n_layer": 2})
+
+
+def test_kv_caches_give_the_logits_of_one_pass():
+    model = randomize(GPT(TINY), seed=3).eval()
+    idx = ids(2, 12, TINY.vocab_size)
+    caches = [KVCache() for _ in range(TINY.n_layer)]
+    with torch.no_grad():
+        full, _ = model(idx)
+        steps = [model(idx[:, :5], kv_caches=caches)[0]] + [model(idx[:, t:t + 1], kv_caches=caches)[0] for t in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="n_layer=2 blocks, but kv_caches holds 1"):
+        model(idx, kv_caches=[KVCache()])
+
+
+def test_dropout_acts_in_training_only():
+    model = GPT(dataclasses.replace(TINY, dropout=0.5))
+    idx = ids(2, 8, TINY.vocab_size)
+    model.train()
+    a, b = model(idx)[0], model(idx)[0]
+    assert not torch.allclose(a, b)
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_without_bias():
+    model = GPT(dataclasses.replace(TINY, bias=False))
+    assert all(not name.endswith("bias") for name, _ in model.named_parameters())
+    C, L, V, T = 32, 2, 37, 16
+    assert model.num_params(non_embedding=False) == L * (12 * C * C + 2 * C) + C + V * C + T * C
+
+
+# ----------------------------------------------------------------------------- counting parameters
+
+@pytest.mark.parametrize("cfg", [TINY, GPTConfig(), GPTConfig(block_size=8, vocab_size=10, n_layer=2, n_head=2, n_embd=16)])
+def test_num_params_by_formula(cfg):
+    C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
+    total = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
+    model = GPT(cfg)
+    assert model.num_params(non_embedding=False) == total
+    assert model.num_params() == total - T * C
+    assert sum(parameter_breakdown(model).values()) == total
+
+
+def test_gpt2_sizes_on_the_meta_device():
+    sizes = {(12, 12, 768): 124_439_808, (24, 16, 1024): 354_823_168, (36, 20, 1280): 774_030_080,
+             (48, 25, 1600): 1_557_611_200}
+    for (L, H, C), total in sizes.items():
+        with torch.device("meta"):
+            model = GPT(GPTConfig(block_size=1024, vocab_size=50257, n_layer=L, n_head=H, n_embd=C))
+        assert model.num_params(non_embedding=False) == total
+    with torch.device("meta"):
+        small = GPT(GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768))
+    assert small.num_params() == 123_653_376                      # nanoGPT's "123.65M"
+    assert parameter_breakdown(small) == {"token embedding (= LM head)": 38_597_376, "position embedding": 786_432,
+                                          "attention": 28_348_416, "MLP": 56_669_184, "layer norms": 38_400}
+
+
+def test_parameter_breakdown_finds_an_untied_head_and_refuses_strangers():
+    model = GPT(TINY)
+    model.lm_head.weight = nn.Parameter(torch.zeros(TINY.vocab_size, TINY.n_embd))
+    assert parameter_breakdown(model)["LM head (untied)"] == TINY.vocab_size * TINY.n_embd
+    model.extra = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="does not know where the parameter 'extra.weight' belongs"):
+        parameter_breakdown(model)
+
+
+# ----------------------------------------------------------------------------- GPT-2's names
+
+def gpt2_checkpoint(model: GPT, prefix: str = "transformer.") -> tuple[dict, dict]:
+    """(config.json, tensors) as Hugging Face stores them: GPT-2's names, Conv1D weights (in, out)."""
+    c = model.config
+    config = {"model_type": "gpt2", "n_positions": c.block_size, "n_ctx": c.block_size, "vocab_size": c.vocab_size,
+              "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "activation_function": "gelu_new",
+              "layer_norm_epsilon": 1e-5, "n_inner": None}
+    sd = model.state_dict()
+    tensors = {prefix + "wte.weight": sd["embedding.token.weight"], prefix + "wpe.weight": sd["embedding.position.weight"],
+               prefix + "ln_f.weight": sd["ln_f.weight"], prefix + "ln_f.bias": sd["ln_f.bias"]}
+    for i in range(c.n_layer):
+        for part in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+            w, b = sd[f"stack.h.{i}.{part}.weight"], sd[f"stack.h.{i}.{part}.bias"]
+            tensors[f"{prefix}h.{i}.{part}.weight"] = w if part.startswith("ln") else w.t().contiguous()
+            tensors[f"{prefix}h.{i}.{part}.bias"] = b
+        tensors[f"{prefix}h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, c.block_size, c.block_size))   # old files' mask
+    return config, tensors
+
+
+def test_gpt2_key_map():
+    assert gpt2_key_to_minillm("transformer.h.3.attn.c_attn.weight") == ("stack.h.3.attn.c_attn.weight", True)
+    assert gpt2_key_to_minillm("h.3.attn.c_attn.bias") == ("stack.h.3.attn.c_attn.bias", False)
+    assert gpt2_key_to_minillm("h.10.mlp.c_proj.weight") == ("stack.h.10.mlp.c_proj.weight", True)
+    assert gpt2_key_to_minillm("h.0.ln_2.weight") == ("stack.h.0.ln_2.weight", False)
+    assert gpt2_key_to_minillm("wte.weight") == ("embedding.token.weight", False)
+    assert gpt2_key_to_minillm("transformer.wpe.weight") == ("embedding.position.weight", False)
+    assert gpt2_key_to_minillm("ln_f.bias") == ("ln_f.bias", False)
+    for skipped in ("h.0.attn.bias", "transformer.h.5.attn.masked_bias", "lm_head.weight"):
+        assert gpt2_key_to_minillm(skipped) is None
+    for unknown in ("h.0.attn.q_proj.weight", "transformer.h.x.ln_1.weight", "model.embed_tokens.weight"):
+        with pytest.raises(ValueError, match=f"unexpected tensor '{unknown}' in the GPT-2 checkpoint"):
+            gpt2_key_to_minillm(unknown)
+
+
+def test_config_from_gpt2():
+    assert config_from_gpt2({"n_positions": 1024, "vocab_size": 50257, "n_layer": 12, "n_head": 12, "n_embd": 768}) == \
+        GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
+    assert config_from_gpt2({}) == GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
+    assert config_from_gpt2({"n_ctx": 512, "n_embd": 64, "n_head": 4}).block_size == 512
+    assert config_from_gpt2({}, dropout=0.1).dropout == 0.1
+    for bad, match in [({"activation_function": "relu"}, "activation_function='relu'.*tanh approximation"),
+                       ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon=1e-06"),
+                       ({"n_inner": 1000}, "n_inner=1000.*expands by 4"),
+                       ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
+                       ({"tie_word_embeddings": False}, "tie_word_embeddings=False"),
+                       ({"model_type": "llama"}, "describes a 'llama' model, not GPT-2")]:
+        with pytest.raises(ValueError, match=match):
+            config_from_gpt2(bad)
+
+
+@pytest.mark.parametrize("prefix", ["transformer.", ""])
+def test_state_dict_from_gpt2_round_trip(prefix):
+    model = randomize(GPT(TINY), seed=7).eval()
+    config, tensors = gpt2_checkpoint(model, prefix)
+    state = state_dict_from_gpt2(tensors)
+    assert state["stack.h.1.mlp.c_fc.weight"].shape == (4 * 32, 32)          # (out, in) after the transpose
+    assert torch.equal(state["stack.h.1.mlp.c_fc.weight"], model.stack.h[1].mlp.c_fc.weight)
+    fresh = GPT(config_from_gpt2(config))
+    fresh.load_state_dict({**state, "lm_head.weight": state["embedding.token.weight"]})
+    idx = ids(2, 9, TINY.vocab_size)
+    assert torch.allclose(fresh.eval()(idx)[0], model(idx)[0], atol=1e-6)
+
+
+def test_state_dict_from_gpt2_refuses_an_untied_head():
+    _, tensors = gpt2_checkpoint(GPT(TINY))
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
+    state_dict_from_gpt2(tensors)                                             # a tied copy is fine
+    tensors["lm_head.weight"][0, 0] += 1.0
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
+        state_dict_from_gpt2(tensors)
+
+
+# ----------------------------------------------------------------------------- GPT.from_gpt2, with files
+
+def write_checkpoint(folder, config: dict, tensors: dict) -> None:
+    from safetensors.torch import save_file
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+
+
+def test_from_gpt2_loads_a_hand_written_checkpoint(tmp_path):
+    pytest.importorskip("safetensors")
+    model = randomize(GPT(TINY), seed=11).eval()
+    config, tensors = gpt2_checkpoint(model)
+    write_checkpoint(tmp_path, config, tensors)
+    loaded = GPT.from_gpt2(tmp_path)
+    assert not loaded.training and loaded.config == TINY
+    assert loaded.lm_head.weight is loaded.embedding.token.weight
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    # one weight by hand: the fused q, k, v projection of block 1 is the file's, transposed
+    assert torch.equal(loaded.stack.h[1].attn.c_attn.weight, tensors["transformer.h.1.attn.c_attn.weight"].T)
+    idx = ids(2, 16, TINY.vocab_size)
+    assert torch.allclose(loaded(idx)[0], model(idx)[0], atol=1e-6)
+
+
+def test_from_gpt2_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json does not exist.*hf download openai-community/gpt2"):
+        GPT.from_gpt2(tmp_path)
+    pytest.importorskip("safetensors")
+    config, tensors = gpt2_checkpoint(GPT(TINY))
+    del tensors["transformer.h.1.ln_2.bias"]
+    write_checkpoint(tmp_path, config, tensors)
+    with pytest.raises(ValueError, match=r"does not match its config.json: 1 of the model's tensors missing \['stack.h.1.ln_2.bias'\]"):
+        GPT.from_gpt2(tmp_path)
+    config, tensors = gpt2_checkpoint(GPT(TINY))
+    write_checkpoint(tmp_path, {**config, "n_layer": 1}, tensors)
+    with pytest.raises(ValueError, match="12 tensors without a place in the model"):
+        GPT.from_gpt2(tmp_path)
+    write_checkpoint(tmp_path, {**config, "n_positions": 8}, tensors)
+    with pytest.raises(ValueError, match=r"embedding.position.weight: the checkpoint's tensor has shape \(16, 32\), the model's \(8, 32\)"):
+        GPT.from_gpt2(tmp_path)
+
+
+def test_from_gpt2_without_safetensors_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_safetensors(name, *args, **kwargs):
+        if name.startswith("safetensors"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(builtins, "__import__", no_safetensors)
+    with pytest.raises(ImportError, match="needs the safetensors package: pip install safetensors"):
+        GPT.from_gpt2(tmp_path)
+
+
+def test_safetensors_is_imported_only_inside_from_gpt2():
+    import ast
+    import minillm.model
+    tree = ast.parse(open(minillm.model.__file__, encoding="utf-8").read())
+    top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert top_level <= {"json", "math", "re", "dataclasses", "pathlib", "torch", "minillm"}, top_level
+    lazy = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} - {
+        node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert lazy == {"safetensors.torch"}
+
+
+# ----------------------------------------------------------------------------- against Hugging Face's GPT-2
+
+def test_equals_hugging_face_gpt2(tmp_path):
+    """A randomly initialised GPT2LMHeadModel from `transformers` (no download), saved with
+    save_pretrained and loaded with GPT.from_gpt2: the same logits and the same greedy text."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    hf_config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=48, n_layer=3, n_head=4,
+                                        bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    hf = randomize(transformers.GPT2LMHeadModel(hf_config), seed=5).eval()
+    hf.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    ours = GPT.from_gpt2(tmp_path)
+    assert ours.num_params(non_embedding=False) == sum(p.numel() for p in hf.parameters())
+
+    idx = ids(3, 32, 97, seed=8)
+    with torch.no_grad():
+        theirs_logits, our_logits = hf(idx).logits, ours(idx)[0]
+    assert theirs_logits.abs().max() > 1.0                       # far from uniform: the test can see a difference
+    assert torch.allclose(our_logits, theirs_logits, atol=1e-4)
+
+    def greedy(next_logits, prompt, steps):
+        for _ in range(steps):
+            prompt = torch.cat([prompt, next_logits(prompt)[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+        return prompt
+
+    prompt = idx[:, :4]
+    with torch.no_grad():
+        theirs_text = greedy(lambda x: hf(x).logits, prompt, 28)
+        our_text = greedy(lambda x: ours(x)[0], prompt, 28)
+    assert torch.equal(our_text, theirs_text)
+    assert len(set(our_text[0, 4:].tolist())) > 3                # a real continuation, not one token repeated
+
+
+# ----------------------------------------------------------------------------- exercises
+
+def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
+    assert_checks_work("17_model", {
+        0: "return (torch.logsumexp(logits, dim=0) - logits[torch.arange(len(targets)), targets]).mean()",  # wrong axis
+        1: "C = n_embd\n"                                                                  # counts the tied head twice
+           "return 2 * vocab_size * C + block_size * C + n_layer * (12 * C * C + 13 * C) + 2 * C",
+        2: "name = key.removeprefix('transformer.')\n"                                     # forgets the projections
+           "if name == 'wte.weight':\n    return 'embedding.token.weight', False\n"
+           "if name == 'wpe.weight':\n    return 'embedding.position.weight', False\n"
+           "if name.startswith('h.'):\n    return 'stack.' + name, name.endswith(('c_attn.weight', 'c_fc.weight'))\n"
+           "return name, False",
+        3: "self.lm_head.weight = nn.Parameter(self.embedding.token.weight)",           # a new Parameter, the same numbers
+    })
