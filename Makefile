@@ -1,17 +1,19 @@
 # Each target sets itself up: a virtual environment in .venv with the package installed
-# editable, with its dev extras. PYTHON picks the interpreter that builds the venv.
+# editable, with its dev extras. PYTHON picks the interpreter that builds the venv; EXTRAS the
+# extras (EXTRAS=dev,gpt2 adds what loading GPT-2 weights and its equivalence test need).
 PYTHON ?= python3
+EXTRAS ?= dev
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test export exercises lint execute data clean
+.PHONY: lab test export exercises lint execute data clean FORCE
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(filter-out $(shell cat $(STAMP) 2>/dev/null),$(EXTRAS)),FORCE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
-	touch $(STAMP)
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	echo "$(EXTRAS)" > $(STAMP)
 
 lab: $(STAMP) data
 	$(VENV)/bin/jupyter lab notebooks/01_big_picture.ipynb
