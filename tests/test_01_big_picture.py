@@ -89,6 +89,13 @@ def test_a_wrong_download_is_not_saved(empty_cache, tmp_path):
     assert not (empty_cache / TINY_SHAKESPEARE_FILE).exists()
 
 
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    corpus.atomic_write_bytes(tmp_path / "f.txt", b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
     target = tmp_path / "file.txt"
     target.write_bytes(b"old")
