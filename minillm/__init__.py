@@ -56,3 +56,7 @@ from minillm.stack import TransformerStack, init_gpt2_
 
 # 17 · the output layer and LM head
 from minillm.model import GPT, GPTConfig, config_from_gpt2, parameter_breakdown
+
+# 18 · from logits to text
+from minillm.generation import (apply_temperature, generate, generate_text, greedy, logits_to_probs, sample_next,
+                                top_k_filter, top_p_filter)

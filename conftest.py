@@ -1,4 +1,5 @@
-"""Shared set-up for the test suite.
+"""Shared set-up for the test suite (at the root, so that `pytest notebooks/NN_name.ipynb` alone
+gets it too).
 
 - MINILLM_QUICK=1: expensive notebook cells run a small version of themselves.
 - MINILLM_OFFLINE=1: nothing downloads; the corpus comes from MINILLM_DATA (CI points it
@@ -11,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent
 os.environ["MINILLM_QUICK"] = "1"
 os.environ["MINILLM_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
