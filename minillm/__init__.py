@@ -60,3 +60,7 @@ from minillm.model import GPT, GPTConfig, config_from_gpt2, parameter_breakdown
 # 18 · from logits to text
 from minillm.generation import (apply_temperature, generate, generate_text, greedy, logits_to_probs, sample_next,
                                 top_k_filter, top_p_filter)
+
+# 19 · scaling
+from minillm.scaling import (compute_optimal, forward_flops_per_token, mfu, param_count, training_flops_per_token,
+                             training_memory)
