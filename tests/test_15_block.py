@@ -11,16 +11,6 @@ from minillm.causal_self_attention import KVCache
 from minillm.residual import PreNormResidual
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a small, shared CPU: torch's thread pool only adds contention
-    (measured here: 10 times slower with 2 threads when the machine is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def randomize(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     """Random values everywhere, norms included, so that no parameter can hide behind 1 or 0."""
     g = torch.Generator().manual_seed(seed)

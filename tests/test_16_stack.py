@@ -12,16 +12,6 @@ from minillm.layer_norm import LayerNorm, RMSNorm
 from minillm.stack import TransformerStack, init_gpt2_
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a small, shared CPU: torch's thread pool only adds contention
-    (measured here: 10 times slower with 2 threads when the machine is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_equals_the_blocks_applied_in_order():
     torch.manual_seed(0)
     stack = TransformerStack(n_layer=3, n_embd=24, n_head=3, block_size=16)
