@@ -64,3 +64,7 @@ from minillm.generation import (apply_temperature, generate, generate_text, gree
 # 19 · scaling
 from minillm.scaling import (compute_optimal, forward_flops_per_token, mfu, param_count, training_flops_per_token,
                              training_memory)
+
+# 20 · the complete pipeline: training
+from minillm.training import (CheckpointError, Trainer, TrainConfig, estimate_loss, get_batch, load_checkpoint,
+                              load_model, lr_at, pick_device, preset, save_checkpoint)

@@ -1,0 +1,531 @@
+"""Lesson 20: minillm.training (batches, loss estimate, AdamW groups, schedule, device,
+checkpoints, Trainer with exact resume, DDP) and the command line `python -m minillm train|sample`.
+
+References: PyTorch's clip_grad_norm_ and nn.LayerNorm, a full-batch step for accumulation,
+an uninterrupted run for resume (bit-for-bit), two gloo processes for DDP (identical weights).
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from exercise_tools import assert_checks_work
+from minillm.corpus import tiny_shakespeare
+from minillm.layer_norm import LayerNorm
+from minillm.model import GPT, GPTConfig
+from minillm.tokenizer import CharTokenizer
+from minillm.training import (CHECKPOINT_FORMAT, PRESETS, CheckpointError, LiveLossPlot, Trainer, TrainConfig,
+                              autocast_dtype, estimate_loss, fuse_layer_norms_, get_batch, load_checkpoint,
+                              load_model, lr_at, make_optimizer, param_groups, pick_device, plot_losses, preset,
+                              save_checkpoint, write_loss_csv)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = GPTConfig(block_size=16, vocab_size=20, n_layer=1, n_head=2, n_embd=16)
+FAST = TrainConfig(batch_size=4, max_steps=12, learning_rate=3e-3, min_lr=3e-4, warmup_steps=2,
+                   eval_interval=4, eval_iters=2, sample_interval=0)
+
+
+def ids(n=3000, V=20, seed=0):
+    return torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def equal_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def tiny_trainer(run_dir=None, config=FAST, model_config=TINY, seed=0, **kw):
+    torch.manual_seed(seed)
+    data = ids()
+    return Trainer(GPT(model_config), data[:2500], data[2500:], config, run_dir=run_dir, device="cpu",
+                   verbose=False, **kw)
+
+
+def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
+    assert_checks_work("20_training", {
+        0: "xy = data[starts[:, None] + torch.arange(block_size + 1)]\nreturn xy[:, :-1], xy[:, :-1]",
+        1: "if step < warmup_steps:\n    return max_lr * (step + 1) / warmup_steps\n"
+           "if step >= decay_steps:\n    return min_lr\n"
+           "return max_lr - (max_lr - min_lr) * (step - warmup_steps) / (decay_steps - warmup_steps)",
+        2: "return {name for name, p in model.named_parameters() if p.dim() >= 1}",
+        3: "for xm, ym in zip(x.chunk(n_micro), y.chunk(n_micro)):\n    model(xm, ym)[1].backward()\n"
+           "optimizer.step()\noptimizer.zero_grad()\nreturn model(x, y)[1].item()",
+    })
+
+
+# ----------------------------------------------------------------------------- batches and estimates
+
+def test_get_batch_windows_are_shifted_by_one_and_follow_the_seed():
+    data = torch.arange(100, 200)
+    x, y = get_batch(data, 7, 10, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (7, 10)
+    assert torch.equal(y, x + 1)                                   # consecutive ids: the next is one more
+    assert torch.all(x[:, 0] >= 100) and torch.all(y[:, -1] <= 199)
+    x2, _ = get_batch(data, 7, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2)
+    x3, _ = get_batch(data, 7, 10, torch.Generator().manual_seed(1))
+    assert not torch.equal(x, x3)
+
+
+def test_get_batch_reaches_the_last_window_and_no_further():
+    data = torch.arange(5)                                         # block 4: only one window, starting at 0
+    x, y = get_batch(data, 3, 4)
+    assert torch.equal(x, torch.tensor([[0, 1, 2, 3]] * 3)) and torch.equal(y, torch.tensor([[1, 2, 3, 4]] * 3))
+
+
+@pytest.mark.parametrize("bad", [torch.arange(4), torch.arange(12).view(3, 4), [1, 2, 3, 4, 5, 6]])
+def test_get_batch_rejects_short_or_wrong_data(bad):
+    with pytest.raises(ValueError, match="block_size=4"):
+        get_batch(bad, 2, 4)
+
+
+def test_estimate_loss_uses_fixed_batches_and_restores_the_mode():
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(TINY, dropout=0.5))
+    splits = {"train": ids(seed=1), "val": ids(seed=2)}
+    a = estimate_loss(model, splits, 4, 16, 3, seed=5)
+    assert a == estimate_loss(model, splits, 4, 16, 3, seed=5)    # eval mode: no dropout, same batches
+    assert set(a) == {"train", "val"} and all(abs(v - math.log(20)) < 0.3 for v in a.values())
+    assert model.training
+    model.eval()
+    estimate_loss(model, splits, 4, 16, 1)
+    assert not model.training
+    g = torch.Generator().manual_seed(5)
+    manual = sum(model(*get_batch(splits["val"], 4, 16, g))[1].item() for _ in range(3)) / 3
+    assert a["val"] == pytest.approx(manual, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+
+def test_param_groups_decay_matrices_only_and_hold_every_parameter_once():
+    model = GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=2, n_head=2, n_embd=8))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    listed = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters()) and len(set(listed)) == len(listed)
+    assert len(decay["params"]) == 2 + 4 * 2                       # token (= head), position, 4 matrices per block
+
+
+def test_make_optimizer_is_adamw_with_the_two_groups():
+    model = GPT(TINY)
+    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 2
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95) and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_lr_schedule_values_and_shape():
+    assert lr_at(0, 1e-3, 1e-4, 100, 1000) == pytest.approx(1e-5)
+    assert lr_at(99, 1e-3, 1e-4, 100, 1000) == pytest.approx(1e-3)
+    assert lr_at(550, 1e-3, 1e-4, 100, 1000) == pytest.approx(5.5e-4)
+    assert lr_at(1000, 1e-3, 1e-4, 100, 1000) == lr_at(10**6, 1e-3, 1e-4, 100, 1000) == 1e-4
+    rates = [lr_at(s, 1e-3, 1e-4, 100, 1000) for s in range(1100)]
+    assert all(a < b for a, b in zip(rates[:99], rates[1:100]))    # rises through the warm-up
+    assert all(a >= b for a, b in zip(rates[99:], rates[100:]))    # never rises after it
+    assert lr_at(0, 0.1, 0.0, 0, 10) == pytest.approx(0.1)          # no warm-up: the peak at once
+
+
+# ----------------------------------------------------------------------------- device and kernels
+
+def test_pick_device_prints_its_choice_and_refuses_what_is_not_there(capsys):
+    assert pick_device("cpu") == torch.device("cpu")
+    assert "Training on cpu" in capsys.readouterr().out
+    assert pick_device(verbose=False).type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(ValueError, match="'tpu'"):
+        pick_device("tpu")
+    with pytest.raises(ValueError, match="not a device"):
+        pick_device("gpu please")
+
+
+def test_autocast_dtype_is_float32_on_cpu_and_checks_its_argument():
+    assert autocast_dtype("cpu") is None and autocast_dtype("cpu", "fp32") is None
+    with pytest.raises(ValueError, match="'fp16'"):
+        autocast_dtype("cpu", "fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="bf16"):
+            autocast_dtype("cpu", "bf16")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_layer_norms_compute_the_same_and_keep_the_state_dict(bias):
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, n_layer=3, bias=bias)
+    ours = GPT(config)
+    fused = GPT(config)
+    fused.load_state_dict(ours.state_dict())
+    assert fuse_layer_norms_(fused) == 2 * 3 + 1
+    assert not any(isinstance(m, LayerNorm) for m in fused.modules())
+    assert list(fused.state_dict()) == list(ours.state_dict())
+    x = torch.randint(0, 20, (3, 16))
+    (la, loss_a), (lb, loss_b) = ours(x, x), fused(x, x)
+    loss_a.backward(), loss_b.backward()
+    assert torch.allclose(la, lb, atol=1e-5)
+    assert all(torch.allclose(p.grad, q.grad, atol=1e-5) for p, q in zip(ours.parameters(), fused.parameters()))
+    ln = fused.stack.h[0].ln_1                                    # the same Parameter objects as before the swap
+    assert ln.weight is dict(fused.named_parameters())["stack.h.0.ln_1.weight"]
+
+
+# ----------------------------------------------------------------------------- config and presets
+
+@pytest.mark.parametrize("field, value", [
+    ("batch_size", 0), ("max_steps", -1), ("grad_accum_steps", 1.5), ("eval_iters", True), ("learning_rate", 0),
+    ("learning_rate", float("nan")), ("min_lr", -1e-4), ("beta2", 1.0), ("grad_clip", -1.0), ("warmup_steps", -2),
+    ("precision", "fp16"), ("compile", "yes")])
+def test_train_config_names_the_bad_field_and_value(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig: {field} ") as error:
+        TrainConfig(**{field: value})
+    assert repr(value) in str(error.value)
+
+
+def test_train_config_relations():
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(learning_rate=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(max_steps=100, warmup_steps=100)
+
+
+def test_presets(monkeypatch):
+    gpu_model, gpu_train = preset("gpu", 65)
+    assert (gpu_model.n_layer, gpu_model.n_head, gpu_model.n_embd, gpu_model.block_size) == (6, 6, 384, 256)
+    assert gpu_train.batch_size == 64 and gpu_model.vocab_size == 65
+    cpu_model, cpu_train = preset("cpu", 100)
+    assert cpu_model.vocab_size == 100 and cpu_model.n_embd < gpu_model.n_embd
+    monkeypatch.setenv("MINILLM_QUICK", "1")
+    assert preset("auto", 65) == preset("quick", 65)
+    monkeypatch.delenv("MINILLM_QUICK")
+    assert preset("auto", 65) == preset("gpu" if torch.cuda.is_available() else "cpu", 65)
+    with pytest.raises(ValueError, match="'huge'"):
+        preset("huge", 65)
+    assert set(PRESETS) == {"gpu", "cpu", "quick"}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip_keeps_everything(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    opt = make_optimizer(model, 1e-3, 0.1)
+    model(*get_batch(ids(), 2, 16))[1].backward()
+    opt.step()
+    tok = CharTokenizer("abcdefghijklmnopqrst")
+    path = save_checkpoint(tmp_path / "sub" / "c.pt", model, opt, 7, FAST, tok, {"torch": torch.get_rng_state()},
+                           [{"step": 0, "train_loss": 3.0, "val_loss": 3.1}])
+    ckpt = load_checkpoint(path)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["step"] == 7 and ckpt["train_config"]["max_steps"] == 12
+    assert ckpt["history"][0]["val_loss"] == 3.1 and torch.equal(ckpt["rng"]["torch"], torch.get_rng_state())
+    assert ckpt["timing"] == {}
+    loaded, loaded_tok = load_model(path)
+    assert equal_weights(weights(loaded), weights(model)) and not loaded.training
+    assert loaded_tok.encode("cab") == tok.encode("cab")
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]        # no temporary file left behind
+
+
+def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    model = GPT(TINY)
+    path = save_checkpoint(tmp_path / "c.pt", model, step=1)
+    before = path.read_bytes()
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, step=2)
+    assert path.read_bytes() == before and load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    model = GPT(TINY)
+    good = save_checkpoint(tmp_path / "good.pt", model)
+    raw = good.read_bytes()
+    cases = {
+        "truncated.pt": (lambda p: p.write_bytes(raw[: len(raw) // 2]), "truncated or damaged"),
+        "empty.pt": (lambda p: p.write_bytes(b""), "truncated or damaged"),
+        "text.pt": (lambda p: p.write_text("hello"), "truncated or damaged"),
+        "bare.pt": (lambda p: torch.save(model.state_dict(), p), "not a minillm checkpoint"),
+        "list.pt": (lambda p: torch.save([1, 2], p), "not a minillm checkpoint"),
+        "code.pt": (lambda p: torch.save({"format": CHECKPOINT_FORMAT, "x": Path(".")}, p), "can run code"),
+        "future.pt": (lambda p: torch.save({"format": CHECKPOINT_FORMAT, "version": 99}, p), "version 99"),
+    }
+    for name, (make, message) in cases.items():
+        make(tmp_path / name)
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / name)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert issubclass(CheckpointError, ValueError)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def test_trainer_learns_and_writes_its_run_directory(tmp_path):
+    config = dataclasses.replace(FAST, max_steps=100, eval_interval=50, eval_iters=4, sample_interval=50, sample_tokens=10,
+                                 learning_rate=1e-2, min_lr=1e-3)
+    tok = CharTokenizer("abcdefghijklmnopqrst")
+    data = torch.tensor(tok.encode(("abcdefghijklmnopqrst" * 150)))          # a text it can learn: the alphabet
+    torch.manual_seed(0)
+    trainer = Trainer(GPT(TINY), data[:2500], data[2500:], config, tok, run_dir=tmp_path, device="cpu", verbose=True)
+    history = trainer.fit()
+    assert [row["step"] for row in history] == [0, 50, 100]
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 1.0
+    assert history[-1]["tokens"] == 100 * 4 * 16 and trainer.tokens_per_second > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "loss.csv", "samples.txt"]
+    rows = list(csv.DictReader((tmp_path / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 50, 100] and float(rows[-1]["val_loss"]) == pytest.approx(history[-1]["val_loss"])
+    assert "=== step 100 ===" in (tmp_path / "samples.txt").read_text()
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 100 and ckpt["timing"]["train_seconds"] == trainer.train_seconds
+    plot_losses(ckpt["history"], path=tmp_path / "loss.png")             # the saved history plots as it is
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trainer_rejects_bad_input():
+    data = ids()
+    with pytest.raises(ValueError, match="train_data .*block_size=16"):
+        Trainer(GPT(TINY), data[:10], data, FAST, device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="val_data must hold integer"):
+        Trainer(GPT(TINY), data, data.float(), FAST, device="cpu", verbose=False)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(GPT(TINY), data, data, {"max_steps": 3}, device="cpu", verbose=False)
+    with pytest.raises(TypeError, match="minillm GPT"):
+        Trainer(nn.Linear(2, 2), data, data, FAST, device="cpu", verbose=False)
+
+
+def test_samples_and_evaluations_do_not_change_the_training():
+    """A run that samples and evaluates often ends with the same weights as one that does neither."""
+    tok = CharTokenizer("abcdefghijklmnopqrst")
+    quiet = tiny_trainer(config=dataclasses.replace(FAST, eval_interval=100), model_config=dataclasses.replace(TINY, dropout=0.2))
+    quiet.fit()
+    chatty = tiny_trainer(config=dataclasses.replace(FAST, eval_interval=1, sample_interval=3),
+                          model_config=dataclasses.replace(TINY, dropout=0.2))
+    chatty.tokenizer, chatty.verbose = tok, True
+    chatty.fit()
+    assert len(chatty.samples) == 4
+    assert equal_weights(weights(quiet.model), weights(chatty.model))
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    full = tiny_trainer(config=dataclasses.replace(FAST, batch_size=8))
+    full.fit()
+    accumulated = tiny_trainer(config=dataclasses.replace(FAST, batch_size=4, grad_accum_steps=2))
+    accumulated.fit()                                # draws the same 8 windows per step, in two halves
+    a, b = weights(full.model), weights(accumulated.model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert accumulated.tokens_per_step == full.tokens_per_step == 8 * 16
+
+
+@pytest.mark.parametrize("stop", ["signal", "request"])
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, stop):
+    """Interrupt a CPU run (a real SIGINT, or request_stop), resume it from its checkpoint in a
+    fresh Trainer: the final weights equal those of an uninterrupted run, bit for bit."""
+    config = dataclasses.replace(FAST, max_steps=30, eval_interval=10)
+    model_config = dataclasses.replace(TINY, dropout=0.1)           # dropout: the global RNG must be restored too
+    straight = tiny_trainer(tmp_path / "straight", config, model_config)
+    straight.fit()
+
+    def interrupt(trainer, loss):
+        if trainer.step == 13:
+            os.kill(os.getpid(), signal.SIGINT) if stop == "signal" else trainer.request_stop()
+    stopped = tiny_trainer(tmp_path / "stopped", config, model_config, callbacks=[interrupt])
+    old_handler = signal.getsignal(signal.SIGINT)
+    stopped.fit()
+    assert signal.getsignal(signal.SIGINT) is old_handler           # fit put the Ctrl-C handler back
+    assert stopped.step == 13 and load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["step"] == 13
+
+    torch.manual_seed(999)                                          # a different global RNG state before resuming
+    data = ids()
+    resumed = Trainer.resume(tmp_path / "stopped" / "checkpoint.pt", data[:2500], data[2500:], device="cpu",
+                             verbose=False)
+    assert resumed.step == 13 and resumed.config == config and resumed.run_dir == tmp_path / "stopped"
+    resumed.fit()
+    assert resumed.step == 30
+    assert equal_weights(weights(straight.model), weights(resumed.model))
+    straight_opt = straight.optimizer.state_dict()["state"]
+    resumed_opt = resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(straight_opt[i]["exp_avg_sq"], resumed_opt[i]["exp_avg_sq"]) for i in straight_opt)
+    assert [r["step"] for r in resumed.history] == [0, 10, 13, 20, 30]
+    straight_val = {r["step"]: r["val_loss"] for r in straight.history}
+    assert all(straight_val[r["step"]] == r["val_loss"] for r in resumed.history if r["step"] in straight_val)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    first = tiny_trainer(tmp_path)
+    first.fit()
+    data = ids()
+    more = Trainer.resume(tmp_path / "checkpoint.pt", data[:2500], data[2500:], device="cpu", verbose=False,
+                          max_steps=20)
+    assert more.step == 12 and more.config.max_steps == 20
+    more.fit()
+    assert more.step == 20 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 20
+
+
+def test_live_loss_plot_draws_in_a_notebook_and_write_loss_csv(tmp_path, monkeypatch):
+    shown = []
+
+    class Handle:
+        def update(self, fig):
+            shown.append("update")
+    import IPython.display
+    monkeypatch.setattr(IPython.display, "display", lambda fig, display_id: shown.append("display") or Handle())
+    trainer = tiny_trainer(callbacks=[LiveLossPlot()])
+    trainer.fit()
+    assert shown == ["display"] + ["update"] * (len(trainer.history) - 1)
+    write_loss_csv(tmp_path / "l.csv", trainer.history)
+    assert (tmp_path / "l.csv").read_text().splitlines()[0] == "step,train_loss,val_loss,lr,tokens,seconds"
+
+
+# ----------------------------------------------------------------------------- DDP
+
+DDP_SCRIPT = """
+import sys
+import torch
+from minillm.model import GPT, GPTConfig
+from minillm.training import Trainer, TrainConfig
+
+out, mode = sys.argv[1], sys.argv[2]          # mode: straight (8 steps), first (stopped after 3), resume (the rest)
+data = torch.randint(0, 20, (3000,), generator=torch.Generator().manual_seed(0))
+if mode == "resume":
+    trainer = Trainer.resume(out + "/first/checkpoint.pt", data[:2500], data[2500:], verbose=False)
+else:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=20, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    config = TrainConfig(batch_size=4, max_steps=8, warmup_steps=1, eval_interval=4, eval_iters=1, sample_interval=0)
+    stop = [lambda t, loss: t.step == 3 and t.request_stop()] if mode == "first" else []
+    trainer = Trainer(model, data[:2500], data[2500:], config, run_dir=f"{out}/{mode}", verbose=False, callbacks=stop)
+trainer.fit()
+torch.save({"rank": trainer.rank, "world": trainer.world_size, "weights": dict(trainer.model.state_dict())},
+           f"{out}/{mode}-rank{trainer.rank}.pt")
+trainer.close()
+"""
+
+
+def torchrun_two(script, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_two_gloo_processes_end_with_identical_weights_and_resume_exactly(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun_two(script, tmp_path, "straight")
+    ranks = [torch.load(tmp_path / f"straight-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [(r["rank"], r["world"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert equal_weights(ranks[0]["weights"], ranks[1]["weights"])
+    assert load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["step"] == 8   # written once, by rank 0
+
+    # 3 steps and a stop, then a resume in two fresh processes: the weights of the straight 8-step run
+    torchrun_two(script, tmp_path, "first")
+    assert load_checkpoint(tmp_path / "first" / "checkpoint.pt")["step"] == 3
+    rng = load_checkpoint(tmp_path / "first" / "checkpoint.pt")["rng"]
+    assert len(rng["per_rank"]) == 2 and not torch.equal(rng["per_rank"][0]["batches"], rng["per_rank"][1]["batches"])
+    torchrun_two(script, tmp_path, "resume")
+    resumed = torch.load(tmp_path / "resume-rank1.pt", weights_only=True)
+    assert equal_weights(resumed["weights"], ranks[1]["weights"])
+
+    # the two processes drew different batches: one process alone (rank 0's batches only) ends elsewhere
+    torch.manual_seed(0)
+    data = torch.randint(0, 20, (3000,), generator=torch.Generator().manual_seed(0))
+    alone = Trainer(GPT(dataclasses.replace(TINY, dropout=0.1)), data[:2500], data[2500:],
+                    TrainConfig(batch_size=4, max_steps=8, warmup_steps=1, eval_interval=4, eval_iters=1,
+                                sample_interval=0), device="cpu", verbose=False)
+    alone.fit()
+    assert not equal_weights(weights(alone.model), ranks[0]["weights"])
+
+
+# ----------------------------------------------------------------------------- command line and example
+
+def minillm_cli(*args, cwd=None, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "minillm", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def small_text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "small.txt"
+    path.write_text(tiny_shakespeare()[:30_000], encoding="utf-8")
+    return path
+
+
+def test_cli_help_explains_every_option():
+    done = minillm_cli("train", "--help")
+    assert done.returncode == 0
+    for option in ["--data", "--tokenizer", "--vocab-size", "--out", "--preset", "--resume", "--device", "--compile",
+                   "--n-layer", "--n-head", "--n-embd", "--block-size", "--dropout", "--batch-size", "--grad-accum",
+                   "--max-steps", "--lr", "--min-lr", "--warmup-steps", "--weight-decay", "--grad-clip",
+                   "--eval-interval", "--eval-iters", "--sample-interval", "--seed", "--precision", "--val-fraction"]:
+        assert option in done.stdout, option
+    sample_help = minillm_cli("sample", "--help").stdout
+    for option in ["--out", "--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed"]:
+        assert option in sample_help, option
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_cli_trains_resumes_and_samples(tmp_path, small_text, tokenizer):
+    out = tmp_path / "run"
+    done = minillm_cli("train", "--data", str(small_text), "--tokenizer", tokenizer, "--vocab-size", "300",
+                       "--out", str(out), "--preset", "quick", "--max-steps", "6", "--eval-interval", "3",
+                       "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "loss.csv", "loss.png", "run.json", "samples.txt"]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 6 and ckpt["tokenizer"]["format"] == f"minillm-{tokenizer}-tokenizer"
+    assert json.loads((out / "run.json").read_text())["data"] == str(small_text.resolve())
+
+    again = minillm_cli("train", "--data", str(small_text), "--out", str(out), "--preset", "quick")
+    assert again.returncode == 2 and "--resume" in again.stderr and load_checkpoint(out / "checkpoint.pt")["step"] == 6
+
+    more = minillm_cli("train", "--out", str(out), "--resume", "--max-steps", "9", "--device", "cpu")
+    assert more.returncode == 0, more.stderr
+    assert "Resuming" in more.stdout and load_checkpoint(out / "checkpoint.pt")["step"] == 9
+
+    sample = minillm_cli("sample", "--out", str(out), "--prompt", "First", "--tokens", "20", "--seed", "3")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("First")
+    assert sample.stdout == minillm_cli("sample", "--out", str(out), "--prompt", "First", "--tokens", "20",
+                                        "--seed", "3").stdout
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    missing = minillm_cli("train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r"))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00abc")
+    assert "not UTF-8" in minillm_cli("train", "--data", str(binary), "--out", str(tmp_path / "r")).stderr
+    short = tmp_path / "short.txt"
+    short.write_text("tiny text")
+    done = minillm_cli("train", "--data", str(short), "--out", str(tmp_path / "r"), "--preset", "quick")
+    assert done.returncode == 2 and "too few" in done.stderr
+    bad = minillm_cli("train", "--data", str(short), "--out", str(tmp_path / "r"), "--preset", "quick", "--lr", "-1")
+    assert bad.returncode == 2 and "learning_rate" in bad.stderr and "-1" in bad.stderr
+    nothing = minillm_cli("sample", "--out", str(tmp_path / "empty"))
+    assert nothing.returncode == 1 and "no checkpoint at" in nothing.stderr
+    no_run = minillm_cli("train", "--out", str(tmp_path / "empty"), "--resume")
+    assert no_run.returncode == 2 and "checkpoint.pt" in no_run.stderr
+
+
+def test_example_script_trains_on_a_text_of_ones_own(tmp_path, small_text):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "train_on_my_text.py"), str(small_text),
+                           "--steps", "8", "--out", str(tmp_path / "run"), "--prompt", "First"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "validation loss" in done.stdout and "First" in done.stdout
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 8
