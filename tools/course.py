@@ -209,7 +209,7 @@ def module_lessons() -> dict[str, int]:
 # Optional heavy ones may be imported only inside a function, so `import minillm` never
 # needs them.
 TOP_LEVEL_ALLOWED = {"torch", "einops", "numpy", "regex", "tqdm"}
-LAZY_ALLOWED = TOP_LEVEL_ALLOWED | {"matplotlib", "safetensors", "transformers"}
+LAZY_ALLOWED = TOP_LEVEL_ALLOWED | {"matplotlib", "safetensors", "transformers", "IPython"}   # IPython: only in a notebook
 PLUMBING = {"__init__", "__main__", "checks"}
 
 
