@@ -32,8 +32,9 @@ class AttentionHead(nn.Module):
         output  = weights v                                (B, T, head_size)
 
     Worked example: d_model=4, head_size=3, the query of "it" is [3, 3, 0], the keys of
-    "animal" and "street" are [1, 1, 0] and [1, 0, 0], seven other keys are 0 and one is
-    [0, 0.5, 0]. The scores divided by sqrt(3) are 3.464, 1.732, 0.866 and 0, so the
+    "animal" and "street" are [1, 1, 0] and [1, 0, 0], seven other keys score 0 against
+    it (they are zero or hold only the action feature, which "it" does not ask for), and
+    the key of "tired" is [0, 0.5, 0]. The scores divided by sqrt(3) are 3.464, 1.732, 0.866 and 0, so the
     softmax gives "animal" exp(3.464) / (exp(3.464) + exp(1.732) + exp(0.866) + 7) =
     31.95 / 46.98 = 0.680 of the attention of "it".
     """
