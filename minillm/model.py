@@ -33,7 +33,7 @@ from minillm.stack import TransformerStack, init_gpt2_
 @dataclass(frozen=True)
 class GPTConfig:
     """The sizes of a GPT. The defaults are the course's character-level model for Tiny
-    Shakespeare (10.7M parameters). GPT-2 small (124M) is
+    Shakespeare (10.8M parameters; 10.7M without the position table, as num_params() counts). GPT-2 small (124M) is
     GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768).
 
     Checked on construction, with the field and the value in the message:
