@@ -105,14 +105,11 @@ def baby_run(label: str, recipe: dict, train_ids, val_ids, vocab_size: int, targ
                                               lr=config.learning_rate, betas=(config.beta1, config.beta2))
     reached = {}
 
-    class StopAtTarget:
-        def __call__(self, t, loss):
-            pass
-
+    class RecordWhenReached:
         def on_eval(self, t, row):
             if row["val_loss"] <= target and not reached:
                 reached.update(row)
-    trainer.callbacks.append(StopAtTarget())
+    trainer.callbacks.append(RecordWhenReached())
     t0 = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - t0

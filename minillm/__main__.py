@@ -78,8 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from minillm.corpus import atomic_write_bytes, train_val_split
     from minillm.model import GPT
-    from minillm.tokenizer import BPETokenizer, CharTokenizer
-    from minillm.training import CheckpointError, Trainer, ddp_env, plot_losses, preset
+    from minillm.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
+    from minillm.training import CheckpointError, Trainer, ddp_env, load_checkpoint, plot_losses, preset
 
     out = Path(args.out) if args.out else None
     run_file = out / "run.json" if out else None
@@ -97,13 +97,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         try:
-            trainer_args = dict(run_dir=out, device=args.device, max_steps=args.max_steps)
-            from minillm.training import load_checkpoint
-            from minillm.tokenizer import tokenizer_from_dict
-            tokenizer = tokenizer_from_dict(load_checkpoint(checkpoint)["tokenizer"])
+            ckpt = load_checkpoint(checkpoint)                     # loaded once: its tokenizer encodes the text
+            tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
             ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
             train_ids, val_ids = train_val_split(ids, args.val_fraction)
-            trainer = Trainer.resume(checkpoint, train_ids, val_ids, **trainer_args)
+            trainer = Trainer.resume(checkpoint, train_ids, val_ids, run_dir=out, device=args.device,
+                                     max_steps=args.max_steps, ckpt=ckpt)
         except (CheckpointError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -162,9 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not stopped:
             sample = trainer.sample(max_new_tokens=300)
             if sample is not None:
-                trainer.samples.append((trainer.step, sample))
-                log = "".join(f"=== step {s} ===\n{t}\n\n" for s, t in trainer.samples)
-                atomic_write_bytes(out / "samples.txt", log.encode("utf-8"))
+                trainer.record_sample(sample)
                 print(f"--- sample ---\n{sample}\n---")
         print(f"run directory: {out} (checkpoint.pt, loss.csv, loss.png, samples.txt)")
         print(f"sample more:   python -m minillm sample --out {out}")

@@ -13,7 +13,7 @@ Change the notebook and run `make export` again.
 """
 
 __all__ = [
-    'get_batch', 'estimate_loss', 'param_groups', 'make_optimizer', 'lr_at',
+    'get_batch', 'autocast', 'estimate_loss', 'param_groups', 'make_optimizer', 'lr_at',
     'pick_device', 'describe_device', 'autocast_dtype', 'PEAK_BF16_FLOPS', 'peak_flops',
     'fuse_layer_norms_', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'CheckpointError',
     'save_checkpoint', 'load_checkpoint', 'load_model', 'TrainConfig', 'PRESETS',
@@ -61,6 +61,11 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: t
     return xy[:, :-1], xy[:, 1:]                                      # (B, T) inputs, (B, T) targets
 
 
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """torch.autocast to dtype on device_type, or a context that changes nothing when dtype is None."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
 def estimate_loss(model: nn.Module, splits: dict, batch_size: int, block_size: int, eval_iters: int,
                   seed: int = 0, dtype: torch.dtype | None = None) -> dict:
@@ -76,7 +81,7 @@ def estimate_loss(model: nn.Module, splits: dict, batch_size: int, block_size: i
         total = 0.0
         for _ in range(eval_iters):
             x, y = get_batch(data, batch_size, block_size, generator)
-            with torch.autocast(data.device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast(data.device.type, dtype):
                 _, loss = model(x, y)
             total += loss.item()
         out[name] = total / eval_iters
@@ -449,7 +454,7 @@ class Trainer:
             # under DDP, average the gradients across processes once, in the last micro-batch's backward
             sync = self.step_model.no_sync() if self.ddp and not last else nullcontext()
             with sync:
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                with autocast(self.device.type, self.dtype):
                     _, loss = self.step_model(x, y)
                     loss = loss / c.grad_accum_steps        # the micro-batches' gradients add up to the mean's
                 loss.backward()
@@ -482,7 +487,7 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         was_training = self.model.training
         self.model.eval()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        with autocast(self.device.type, self.dtype):
             text = generate_text(self.model, self.tokenizer, prompt, max_new_tokens or self.config.sample_tokens,
                                  temperature=temperature, top_k=top_k, generator=generator)
         self.model.train(was_training)
@@ -516,7 +521,8 @@ class Trainer:
                     window_start, window_steps, window_time = time.perf_counter(), 0, 0.0
                 bar.update(1)
                 for callback in self.callbacks:
-                    callback(self, loss)
+                    if callable(callback):
+                        callback(self, loss)
                 if self.step % c.eval_interval == 0 or self.step == c.max_steps or self._stop:
                     self._evaluate()
                     self.save()
@@ -571,11 +577,14 @@ class Trainer:
 
     def _sample_and_log(self, bar) -> None:
         text = self.sample()
-        if text is None:
-            return
+        if text is not None:
+            self.record_sample(text)
+            bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
+
+    def record_sample(self, text: str) -> None:
+        """Keep a sample of this step; with a run_dir, rewrite samples.txt (atomically) with all of them."""
         self.samples.append((self.step, text))
-        bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.master:
             log = "".join(f"=== step {step} ===\n{sample}\n\n" for step, sample in self.samples)
             atomic_write_bytes(self.run_dir / "samples.txt", log.encode("utf-8"))
 
@@ -630,11 +639,12 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, train_data, val_data, run_dir=None, device=None, verbose: bool = True, callbacks=(),
-               max_steps: int | None = None) -> "Trainer":
+               max_steps: int | None = None, ckpt: dict | None = None) -> "Trainer":
         """A Trainer that continues the run saved at path exactly: model, optimizer, step,
         RNG states, TrainConfig and tokenizer from the checkpoint; run_dir defaults to the
-        checkpoint's folder. max_steps extends (or shortens) the run."""
-        ckpt = load_checkpoint(path)
+        checkpoint's folder. max_steps extends (or shortens) the run. ckpt: the checkpoint,
+        if the caller has already loaded it (to read its tokenizer, say)."""
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         config = TrainConfig(**ckpt["train_config"])
         if max_steps is not None:
             config = dataclasses.replace(config, max_steps=max_steps)
@@ -690,9 +700,6 @@ class LiveLossPlot:
 
     def __init__(self, title: str = "loss"):
         self.title, self.handle = title, None
-
-    def __call__(self, trainer, loss) -> None:
-        pass                                          # nothing to do after a step, only after an estimate
 
     def on_eval(self, trainer, row) -> None:
         import matplotlib.pyplot as plt
