@@ -9,9 +9,9 @@ Change the notebook and run `make export` again.
 """
 
 __all__ = [
-    'TOP_P_TOLERANCE', 'check_sampling_args', 'greedy', 'apply_temperature',
-    'top_k_filter', 'top_p_filter', 'filter_logits', 'logits_to_probs', 'sample_next',
-    'generate', 'encode_prompt', 'generate_text',
+    'TOP_P_TOLERANCE', 'GREEDY_BELOW', 'check_sampling_args', 'greedy',
+    'apply_temperature', 'top_k_filter', 'top_p_filter', 'filter_logits',
+    'logits_to_probs', 'sample_next', 'generate', 'encode_prompt', 'generate_text',
 ]
 
 import math
@@ -23,6 +23,7 @@ from minillm.attention import softmax
 from minillm.causal_self_attention import KVCache
 
 TOP_P_TOLERANCE = 1e-6   # a nucleus whose mass is within this of p counts as reaching p (float rounding)
+GREEDY_BELOW = 1e-5      # temperatures below this are greedy: logits / 1e-39 overflow float32 to inf, softmax to nan
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
@@ -56,11 +57,12 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / temperature: below 1 sharpens the distribution, above 1 flattens it.
     Temperature 0 is the limit, greedy decoding: the most likely token keeps its logit and
-    every other one gets -inf, so softmax puts all the mass on greedy's choice.
+    every other one gets -inf, so softmax puts all the mass on greedy's choice. So does any
+    temperature below GREEDY_BELOW, where the division would overflow float32.
     apply_temperature(torch.tensor([1.0, 2.0]), 0.5) -> tensor([2., 4.])"""
     _check_logits(logits)
     check_sampling_args(temperature=temperature)
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, greedy(logits), True)   # (..., V)
         return logits.masked_fill(~keep, float("-inf"))
     return logits / temperature
@@ -120,11 +122,11 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token per row: (..., V) logits -> (..., 1) ids. Temperature 0 is greedy (no
-    randomness); otherwise a draw from logits_to_probs(...). generator: a seeded
-    torch.Generator, to repeat a draw exactly."""
+    """Draw one token per row: (..., V) logits -> (..., 1) ids. Temperature 0 (or below
+    GREEDY_BELOW) is greedy (no randomness); otherwise a draw from logits_to_probs(...).
+    generator: a seeded torch.Generator, to repeat a draw exactly."""
     check_sampling_args(temperature, top_k, top_p)
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return greedy(logits)                                          # (..., 1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)         # (..., V)
     flat = probs.reshape(-1, probs.size(-1)).float()                   # (N, V): multinomial wants 1 or 2 dimensions

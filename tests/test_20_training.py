@@ -6,12 +6,16 @@ an uninterrupted run for resume (bit-for-bit), two gloo processes for DDP (ident
 """
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +27,11 @@ from minillm.corpus import tiny_shakespeare
 from minillm.layer_norm import LayerNorm
 from minillm.model import GPT, GPTConfig
 from minillm.tokenizer import CharTokenizer
-from minillm.training import (CHECKPOINT_FORMAT, PRESETS, CheckpointError, LiveLossPlot, Trainer, TrainConfig,
-                              autocast_dtype, estimate_loss, fuse_layer_norms_, get_batch, load_checkpoint,
-                              load_model, lr_at, make_optimizer, param_groups, pick_device, plot_losses, preset,
-                              save_checkpoint, write_loss_csv)
+from minillm.training import (CHECKPOINT_FORMAT, PRESETS, CheckpointError, LiveLossPlot, RunDirectoryLocked, RunLock,
+                              Trainer, TrainConfig, TrainingDiverged, autocast_dtype, estimate_loss, fuse_layer_norms_,
+                              get_batch, load_checkpoint, load_model, lr_at, make_optimizer, nonfinite_tensors,
+                              param_groups, pick_device, plot_losses, preset, remove_stale_parts, save_checkpoint,
+                              write_loss_csv)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=16, vocab_size=20, n_layer=1, n_head=2, n_embd=16)
@@ -255,17 +260,23 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     raw = good.read_bytes()
     cases = {
         "truncated.pt": (lambda p: p.write_bytes(raw[: len(raw) // 2]), "truncated or damaged"),
-        "empty.pt": (lambda p: p.write_bytes(b""), "truncated or damaged"),
-        "text.pt": (lambda p: p.write_text("hello"), "truncated or damaged"),
+        "empty.pt": (lambda p: p.write_bytes(b""), "is empty"),
+        "text.pt": (lambda p: p.write_text("hello"), r"not a minillm checkpoint \(damaged or foreign\)"),
+        "random.pt": (lambda p: p.write_bytes(bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).tolist())),
+                      r"not a minillm checkpoint \(damaged or foreign\)"),
         "bare.pt": (lambda p: torch.save(model.state_dict(), p), "not a minillm checkpoint"),
         "list.pt": (lambda p: torch.save([1, 2], p), "not a minillm checkpoint"),
         "code.pt": (lambda p: torch.save({"format": CHECKPOINT_FORMAT, "x": Path(".")}, p), "can run code"),
         "future.pt": (lambda p: torch.save({"format": CHECKPOINT_FORMAT, "version": 99}, p), "version 99"),
+        "no_payload.pt": (lambda p: torch.save({"format": CHECKPOINT_FORMAT, "version": 2}, p), "payload"),
     }
     for name, (make, message) in cases.items():
         make(tmp_path / name)
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(CheckpointError, match=message) as caught:
             load_checkpoint(tmp_path / name)
+        assert "\n" not in str(caught.value)
+        if name != "code.pt":
+            assert "run code" not in str(caught.value), name     # random bytes are damaged, not dangerous
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     assert issubclass(CheckpointError, ValueError)
@@ -284,7 +295,8 @@ def test_trainer_learns_and_writes_its_run_directory(tmp_path):
     assert [row["step"] for row in history] == [0, 50, 100]
     assert history[-1]["val_loss"] < history[0]["val_loss"] - 1.0
     assert history[-1]["tokens"] == 100 * 4 * 16 and trainer.tokens_per_second > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "loss.csv", "samples.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "loss.csv", "samples.txt"]
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 100 and load_checkpoint(tmp_path / "best.pt")["optimizer"] is None
     rows = list(csv.DictReader((tmp_path / "loss.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 50, 100] and float(rows[-1]["val_loss"]) == pytest.approx(history[-1]["val_loss"])
     assert "=== step 100 ===" in (tmp_path / "samples.txt").read_text()
@@ -329,10 +341,10 @@ def test_gradient_accumulation_equals_the_full_batch():
     assert accumulated.tokens_per_step == full.tokens_per_step == 8 * 16
 
 
-@pytest.mark.parametrize("stop", ["signal", "request"])
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "request"])
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, stop):
-    """Interrupt a CPU run (a real SIGINT, or request_stop), resume it from its checkpoint in a
-    fresh Trainer: the final weights equal those of an uninterrupted run, bit for bit."""
+    """Interrupt a CPU run (a real SIGINT or SIGTERM, or request_stop), resume it from its
+    checkpoint in a fresh Trainer: the final weights equal those of an uninterrupted run, bit for bit."""
     config = dataclasses.replace(FAST, max_steps=30, eval_interval=10)
     model_config = dataclasses.replace(TINY, dropout=0.1)           # dropout: the global RNG must be restored too
     straight = tiny_trainer(tmp_path / "straight", config, model_config)
@@ -340,12 +352,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, stop):
 
     def interrupt(trainer, loss):
         if trainer.step == 13:
-            os.kill(os.getpid(), signal.SIGINT) if stop == "signal" else trainer.request_stop()
+            os.kill(os.getpid(), getattr(signal, stop)) if stop != "request" else trainer.request_stop()
     stopped = tiny_trainer(tmp_path / "stopped", config, model_config, callbacks=[interrupt])
-    old_handler = signal.getsignal(signal.SIGINT)
+    old_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     stopped.fit()
-    assert signal.getsignal(signal.SIGINT) is old_handler           # fit put the Ctrl-C handler back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == old_handlers   # put back
     assert stopped.step == 13 and load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["step"] == 13
+    assert stopped.stop_signal == (getattr(signal, stop) if stop != "request" else None)
 
     torch.manual_seed(999)                                          # a different global RNG state before resuming
     data = ids()
@@ -484,10 +497,14 @@ def test_cli_trains_resumes_and_samples(tmp_path, small_text, tokenizer):
                        "--out", str(out), "--preset", "quick", "--max-steps", "6", "--eval-interval", "3",
                        "--device", "cpu")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "loss.csv", "loss.png", "run.json", "samples.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "loss.csv", "loss.png",
+                                                       "run.json", "samples.txt"]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 6 and ckpt["tokenizer"]["format"] == f"minillm-{tokenizer}-tokenizer"
-    assert json.loads((out / "run.json").read_text())["data"] == str(small_text.resolve())
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"] == str(small_text.resolve()) and run["tokenizer"] == tokenizer
+    assert run["data_sha256"] == hashlib.sha256(small_text.read_bytes()).hexdigest()
+    assert run["model"] == ckpt["model_config"] and run["train"] == ckpt["train_config"]
 
     again = minillm_cli("train", "--data", str(small_text), "--out", str(out), "--preset", "quick")
     assert again.returncode == 2 and "--resume" in again.stderr and load_checkpoint(out / "checkpoint.pt")["step"] == 6
@@ -501,6 +518,9 @@ def test_cli_trains_resumes_and_samples(tmp_path, small_text, tokenizer):
     assert sample.stdout.startswith("First")
     assert sample.stdout == minillm_cli("sample", "--out", str(out), "--prompt", "First", "--tokens", "20",
                                         "--seed", "3").stdout
+    if tokenizer == "bpe":                                     # bytes: any prompt encodes, café too
+        cafe = minillm_cli("sample", "--out", str(out), "--prompt", "caf\u00e9\\n\\u00e0", "--escapes", "--tokens", "5")
+        assert cafe.returncode == 0 and cafe.stdout.startswith("caf\u00e9\n\u00e0"), (cafe.stdout, cafe.stderr)
 
 
 def test_cli_errors_name_the_problem(tmp_path):
@@ -514,9 +534,9 @@ def test_cli_errors_name_the_problem(tmp_path):
     done = minillm_cli("train", "--data", str(short), "--out", str(tmp_path / "r"), "--preset", "quick")
     assert done.returncode == 2 and "too few" in done.stderr
     bad = minillm_cli("train", "--data", str(short), "--out", str(tmp_path / "r"), "--preset", "quick", "--lr", "-1")
-    assert bad.returncode == 2 and "learning_rate" in bad.stderr and "-1" in bad.stderr
+    assert bad.returncode == 2 and "--lr must be" in bad.stderr and "-1" in bad.stderr
     nothing = minillm_cli("sample", "--out", str(tmp_path / "empty"))
-    assert nothing.returncode == 1 and "no checkpoint at" in nothing.stderr
+    assert nothing.returncode == 2 and "no checkpoint at" in nothing.stderr
     no_run = minillm_cli("train", "--out", str(tmp_path / "empty"), "--resume")
     assert no_run.returncode == 2 and "checkpoint.pt" in no_run.stderr
 
@@ -529,3 +549,312 @@ def test_example_script_trains_on_a_text_of_ones_own(tmp_path, small_text):
     assert done.returncode == 0, done.stderr
     assert "validation loss" in done.stdout and "First" in done.stdout
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 8
+
+
+# ----------------------------------------------------------------------------- faults and bad input
+
+def write_v1_checkpoint(path, model, **changes):
+    """A checkpoint in the version-1 layout (no checksum), which load_checkpoint still reads: a
+    way to write files that save_checkpoint refuses to write (nan weights, a config that does not fit)."""
+    ckpt = {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": dataclasses.asdict(model.config),
+            "model": model.state_dict(), "optimizer": None, "step": 1, "train_config": dataclasses.asdict(FAST),
+            "tokenizer": CharTokenizer("abcdefghijklmnopqrst").to_dict(), "rng": None, "history": [], "timing": {}}
+    ckpt.update(changes)
+    torch.save(ckpt, path)
+    return path
+
+
+def test_a_flipped_bit_is_caught_or_harmless(tmp_path):
+    """Flip one bit at 300 places of a checkpoint: each copy either fails to load with a
+    CheckpointError or loads exactly what was saved (a bit in zip padding). Flips inside the
+    weights are caught by the SHA-256, which a version-1 file (no checksum) would miss."""
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    raw = save_checkpoint(tmp_path / "good.pt", model, step=5).read_bytes()
+    expected = weights(model)
+    rng = torch.Generator().manual_seed(0)
+    caught = by_checksum = 0
+    for position in torch.randint(0, len(raw), (300,), generator=rng).tolist():
+        damaged = bytearray(raw)
+        damaged[position] ^= 1 << (position % 8)
+        (tmp_path / "bad.pt").write_bytes(bytes(damaged))
+        try:
+            ckpt = load_checkpoint(tmp_path / "bad.pt")
+        except CheckpointError as e:
+            caught += 1
+            by_checksum += "SHA-256" in str(e)
+        else:
+            assert ckpt["step"] == 5 and equal_weights(ckpt["model"], expected), f"bit {position} loaded silently"
+    assert caught >= 250 and by_checksum >= 150, (caught, by_checksum)   # 290 and 185 when written
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    model = GPT(TINY)
+    loaded, tok = load_model(write_v1_checkpoint(tmp_path / "v1.pt", model))
+    assert equal_weights(weights(loaded), weights(model)) and tok.vocab_size == 20
+
+
+def test_non_finite_weights_are_never_saved_nor_loaded(tmp_path):
+    model = GPT(TINY)
+    good = save_checkpoint(tmp_path / "c.pt", model, step=1)
+    before = good.read_bytes()
+    with torch.no_grad():
+        model.stack.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    assert nonfinite_tensors(model.state_dict()) == ["stack.h.0.mlp.c_fc.weight"]
+    with pytest.raises(ValueError, match="step 2: 1 weight tensor.*nan or inf.*stack.h.0.mlp.c_fc.weight"):
+        save_checkpoint(good, model, step=2)
+    assert good.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    nan_file = write_v1_checkpoint(tmp_path / "nan.pt", model)
+    with pytest.raises(CheckpointError, match="nan or inf.*diverged"):
+        load_model(nan_file)
+
+
+def test_divergence_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path):
+    """lr 100: the loss turns inf or nan within a few steps. fit raises TrainingDiverged naming the
+    step and the learning rate; the weights in memory and the checkpoint on disk are finite."""
+    config = dataclasses.replace(FAST, max_steps=200, learning_rate=100.0, min_lr=1.0, warmup_steps=10,
+                                 eval_interval=2, grad_clip=0.0)
+    trainer = tiny_trainer(tmp_path, config)
+    with pytest.raises(TrainingDiverged, match=r"diverged (at|by) step \d+: .* learning rate \d") as caught:
+        trainer.fit()
+    assert "\n" not in str(caught.value)
+    assert nonfinite_tensors(trainer.model.state_dict()) == []
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == trainer.saved_step and f"holds step {ckpt['step']}" in str(caught.value)
+    assert nonfinite_tensors(ckpt["model"]) == [] and trainer.step < 200
+    assert not (tmp_path / ".lock").exists() or RunLock(tmp_path).acquire().held   # the lock was let go
+
+
+def test_the_run_directory_lock_names_its_holder_and_goes_stale_when_it_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from minillm.training import RunLock; "
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryLocked, match=f"{tmp_path} is in use by another training run \\(PID {holder.pid}\\)"):
+            RunLock(tmp_path).acquire()
+        trainer = tiny_trainer(tmp_path)
+        with pytest.raises(RunDirectoryLocked):
+            trainer.fit()
+        assert not (tmp_path / "checkpoint.pt").exists()
+        done = minillm_main(["train", "--preset", "quick", "--out", str(tmp_path), "--data", str(TEXT_FILE)])
+        assert done.code == 2 and f"PID {holder.pid}" in done.err and str(tmp_path) in done.err
+    finally:
+        holder.kill()                                        # SIGKILL: no clean-up, the lock file stays
+        holder.wait()
+    lock = RunLock(tmp_path).acquire()                       # the dead holder's lock is stale: taken over
+    assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    assert RunLock(tmp_path).acquire().held                  # re-entrant within one process
+    lock.release()
+
+
+def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
+    for name in [".checkpoint.pt.k2_x9abc.part", ".loss.csv.zz01.part", ".notes.txt.abc.part", "mine.part",
+                 "checkpoint.pt.part"]:
+        (tmp_path / name).write_bytes(b"x" * 100)
+    trainer = tiny_trainer(tmp_path)
+    trainer.fit()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert ".checkpoint.pt.k2_x9abc.part" not in left and ".loss.csv.zz01.part" not in left
+    assert {".notes.txt.abc.part", "mine.part", "checkpoint.pt.part"} <= set(left)   # not ours: left alone
+    assert remove_stale_parts(tmp_path / "missing") == []
+
+
+def test_resume_adds_to_the_samples_of_the_earlier_part(tmp_path):
+    tok = CharTokenizer("abcdefghijklmnopqrst")
+    config = dataclasses.replace(FAST, max_steps=12, eval_interval=4, sample_interval=4, sample_tokens=5)
+
+    def stop_at_6(trainer, loss):
+        if trainer.step == 6:
+            trainer.request_stop()
+    first = tiny_trainer(tmp_path, config, callbacks=[stop_at_6])
+    first.tokenizer, first.verbose = tok, True
+    first.fit()
+    assert first.step == 6 and "=== step 4 ===" in (tmp_path / "samples.txt").read_text()
+    data = ids()
+    resumed = Trainer.resume(tmp_path / "checkpoint.pt", data[:2500], data[2500:], device="cpu")
+    resumed.fit()
+    log = (tmp_path / "samples.txt").read_text()
+    assert [line for line in log.splitlines() if line.startswith("===")] == \
+        ["=== step 4 ===", "=== step 8 ===", "=== step 12 ==="]
+
+
+def test_resume_refuses_changes_that_would_not_continue_the_run():
+    data = ids()
+    with pytest.raises(ValueError, match="resume cannot change learning_rate"):
+        Trainer.resume("unused.pt", data[:2500], data[2500:], changes={"learning_rate": 1.0})
+
+
+# ---- the command line, in process: one line on stderr, the option and the value named, exit status 2
+
+TEXT_FILE = ROOT / "README.md"          # a UTF-8 text of some 15,000 characters, always there
+
+
+class Done:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+
+def minillm_main(argv, capsys=None):
+    """Run `python -m minillm ARGV` in this process; (exit code, stdout, stderr)."""
+    import contextlib
+    import io as _io
+    from minillm.__main__ import main
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:                              # argparse's own errors
+            code = e.code
+    return Done(code, out.getvalue(), err.getvalue())
+
+
+def one_line_usage_error(done, *needles):
+    lines = done.err.strip().splitlines()
+    assert done.code == 2, (done.code, done.err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, small_text):
+    """A finished 6-step CLI run with a character tokenizer."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    done = minillm_main(["train", "--data", str(small_text), "--out", str(out), "--preset", "quick", "--max-steps", "6",
+                         "--eval-interval", "3", "--sample-interval", "0", "--device", "cpu"])
+    assert done.code == 0, done.err
+    return out
+
+
+def test_cli_one_line_errors_for_bad_training_input(tmp_path, small_text):
+    train = ["train", "--preset", "quick", "--device", "cpu", "--max-steps", "10"]
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--tokenizer", "bpe", "--vocab-size", "255",
+                                               "--out", str(tmp_path / "a")]), "--vocab-size 255", "256")
+    one_line_usage_error(minillm_main(train + ["--data", str(tmp_path), "--out", str(tmp_path / "b")]),
+                         f"--data {tmp_path}", "is a directory")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(a_file)]),
+                         f"--out {a_file}", "is a file")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(a_file / "sub")]),
+                         f"--out {a_file / 'sub'}", "cannot write there")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(tmp_path / "c"),
+                                               "--seed", "18446744073709551615"]),
+                         "--seed", "18446744073709551615", "4294967295")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(tmp_path / "c"),
+                                               "--lr", "nan"]), "--lr", "nan")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(tmp_path / "c"),
+                                               "--n-head", "3"]), "--n-head 3", "--n-embd 32")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(tmp_path / "c"),
+                                               "--val-fraction", "1.5"]), "--val-fraction 1.5")
+    one_line_usage_error(minillm_main(train + ["--data", str(small_text), "--out", str(tmp_path / "c"),
+                                               "--device", "tpu"]), "--device tpu")
+    one_line_usage_error(minillm_main(train + ["--bogus"]), "--bogus")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()   # nothing made for a refused run
+
+
+def test_cli_unwritable_out_is_one_line(tmp_path, small_text, monkeypatch):
+    import tempfile as tempfile_module
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile_module, "TemporaryFile", denied)    # root may write anywhere: simulate it
+    one_line_usage_error(minillm_main(["train", "--data", str(small_text), "--out", str(tmp_path / "ro"),
+                                       "--preset", "quick"]), f"--out {tmp_path / 'ro'}", "Permission denied")
+
+
+def test_cli_resume_checks_the_text_and_the_settings(tmp_path, small_text, quick_run):
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    resume = ["train", "--out", str(run), "--resume", "--device", "cpu"]
+    other = tmp_path / "other.txt"
+    other.write_text(small_text.read_text(encoding="utf-8")[:-1] + "!", encoding="utf-8")
+    one_line_usage_error(minillm_main(resume + ["--data", str(other)]), f"--data {other}", "not the text")
+    one_line_usage_error(minillm_main(resume + ["--lr", "0.1", "--n-layer", "3"]), "--lr 0.1 (the run has 0.003)",
+                         "--n-layer 3 (the run has 2)")
+    one_line_usage_error(minillm_main(resume + ["--tokenizer", "bpe"]), "--tokenizer bpe (the run has char)")
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6                      # refused: nothing ran
+    same = minillm_main(resume + ["--lr", "0.003", "--max-steps", "8", "--eval-interval", "4"])   # equal, or safe
+    assert same.code == 0, same.err
+    assert "--max-steps 8 applied (the run had 6)" in same.out and "--eval-interval 4 applied" in same.out
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 8
+    (run / "run.json").write_text((run / "run.json").read_text()[:40])               # cut off
+    one_line_usage_error(minillm_main(resume + ["--max-steps", "10"]), "run.json is damaged")
+    (run / "run.json").unlink()
+    one_line_usage_error(minillm_main(resume + ["--max-steps", "10"]), "no run.json")
+
+
+def test_cli_resume_refuses_a_checkpoint_whose_model_does_not_fit(tmp_path, quick_run):
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    write_v1_checkpoint(run / "checkpoint.pt", model, model_config={**ckpt["model_config"], "n_layer": 3},
+                        tokenizer=ckpt["tokenizer"])
+    one_line_usage_error(minillm_main(["train", "--out", str(run), "--resume", "--max-steps", "10"]),
+                         "does not load")
+
+
+def test_cli_sample_errors_and_tiny_temperatures(tmp_path, quick_run):
+    sample = ["sample", "--out", str(quick_run), "--tokens", "5"]
+    greedy = minillm_main(sample + ["--temperature", "0"])
+    tiny = minillm_main(sample + ["--temperature", "1e-39"])                     # greedy too, no crash
+    assert tiny.code == 0 and tiny.out == greedy.out, tiny.err
+    one_line_usage_error(minillm_main(sample + ["--temperature", "-1"]), "--temperature", "-1")
+    one_line_usage_error(minillm_main(sample + ["--temperature", "nan"]), "--temperature", "nan")
+    one_line_usage_error(minillm_main(sample + ["--top-p", "0"]), "--top-p", "0")
+    one_line_usage_error(minillm_main(sample + ["--seed", "-1"]), "--seed", "-1")
+    one_line_usage_error(minillm_main(sample + ["--prompt", "a\\x", "--escapes"]), "malformed escape", "\\x")
+    one_line_usage_error(minillm_main(sample + ["--prompt", "\u00e9"]), "--prompt")      # not in the vocabulary
+    ckpt = load_checkpoint(quick_run / "checkpoint.pt")
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    with torch.no_grad():
+        model.ln_f.weight[3] = float("inf")
+    nan_file = write_v1_checkpoint(tmp_path / "nan.pt", model, tokenizer=ckpt["tokenizer"])
+    one_line_usage_error(minillm_main(["sample", "--checkpoint", str(nan_file)]), str(nan_file), "nan or inf")
+    rand = tmp_path / "random.pt"
+    rand.write_bytes(os.urandom(3000))
+    one_line_usage_error(minillm_main(["sample", "--checkpoint", str(rand)]), "not a minillm checkpoint")
+
+
+def test_decode_escapes_keeps_non_ascii_and_refuses_malformed_escapes():
+    from minillm.__main__ import UsageError, decode_escapes
+    assert decode_escapes("caf\u00e9\\n") == "caf\u00e9\n"
+    assert decode_escapes("\\tA\\\\n\\x41\\u00e9\\U0001F600 \u65e5") == "\tA\\nA\u00e9\U0001F600 \u65e5"
+    for bad in ["a\\x", "\\x4", "\\u12", "\\q", "end\\", "\\UFFFFFFFF", "\\ud800"]:
+        with pytest.raises(UsageError, match="malformed escape"):
+            decode_escapes(bad)
+
+
+def test_cli_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, small_text):
+    out = tmp_path / "run"
+    done = minillm_main(["train", "--data", str(small_text), "--out", str(out), "--preset", "quick", "--device", "cpu",
+                         "--lr", "100", "--min-lr", "1", "--warmup-steps", "10", "--max-steps", "300",
+                         "--eval-interval", "2", "--grad-clip", "0"])
+    assert done.code == 1 and done.err.strip().splitlines()[-1].startswith("error: training diverged"), done.err
+    assert re.search(r"at step \d+: the loss is .* at learning rate \d", done.err)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert nonfinite_tensors(ckpt["model"]) == [] and f"holds step {ckpt['step']}" in done.err
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_cli_stops_on_a_signal_saves_and_exits_with_its_code(tmp_path, small_text, signum, code):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "minillm", "train", "--data", str(small_text), "--out", str(out),
+                                "--preset", "quick", "--device", "cpu", "--max-steps", "100000", "--eval-interval",
+                                "5000", "--sample-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    for line in process.stdout:                               # wait until it trains: the step-0 estimate
+        if line.startswith("step      0"):
+            break
+    time.sleep(2)                                             # a few steps (a stop before the first one saves too)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == code, stderr
+    assert f"Stopped by {signal.Signals(signum).name}" in stdout
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert 0 <= step < 100000
+    more = minillm_main(["train", "--out", str(out), "--resume", "--max-steps", str(step + 2), "--device", "cpu"])
+    assert more.code == 0 and load_checkpoint(out / "checkpoint.pt")["step"] == step + 2, more.err
