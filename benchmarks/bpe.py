@@ -1,11 +1,15 @@
-"""BPE figures on Tiny Shakespeare: training time for vocabularies of 512 and 1024, and
-encode/decode throughput. Compare only figures from one run: these machines are noisy.
+"""BPE figures on Tiny Shakespeare: training time for vocabularies of 512 and 1024,
+encode/decode throughput, and the encode rate of one long word (1,000,000 letters, no
+space: a single pre-split chunk) next to the rate on ordinary text. Compare only figures
+from one run: these machines are noisy.
 
-    python benchmarks/bpe.py            # the incremental trainer, encode and decode
+    python benchmarks/bpe.py            # the incremental trainer, encode, decode, one long word
     python benchmarks/bpe.py --naive    # also the recount-every-merge trainer, side by side
 """
 import argparse
 import platform
+import random
+import string
 import time
 from collections import Counter
 
@@ -62,6 +66,25 @@ def main():
     print(f"encode (vocab 1024): {mb / cold:6.2f} MB/s first pass, {mb / warm:6.2f} MB/s with the chunk cache warm; "
           f"{len(ids):,} tokens, {len(text) / len(ids):.2f} characters per token")
     print(f"decode (vocab 1024): {mb / dec:6.2f} MB/s")
+    # One word of a million letters is one chunk of the pre-split. Ordinary text is the rate to
+    # compare with: the first pass over Tiny Shakespeare above (a new tokenizer, so its cache fills
+    # as it goes), and every distinct chunk of it merged once (no cache hits: random letters get none).
+    distinct = set(regex.findall(GPT2_SPLIT_PATTERN, text))
+    distinct_mb = sum(len(c.encode("utf-8")) for c in distinct) / 1e6
+    def merge_each_once():
+        fresh = BPETokenizer(list(tok.merges))
+        return [fresh._encode_chunk(c) for c in distinct]
+    once, _ = seconds(merge_each_once)
+    print(f"ordinary text (vocab 1024): {mb / cold:6.2f} MB/s first pass; its {len(distinct):,} distinct chunks, "
+          f"each merged once: {distinct_mb / once:6.2f} MB/s")
+    rng = random.Random(0)
+    words = {"'a' x 1,000,000": "a" * 1_000_000,
+             "1,000,000 random letters": "".join(rng.choices(string.ascii_lowercase, k=1_000_000))}
+    for name, word in words.items():
+        t, ids = seconds(lambda w=word: BPETokenizer(list(tok.merges)).encode(w), repeat=1)
+        assert tok.decode(ids) == word
+        print(f"encode one long word, {name}: {len(word) / t / 1e6:6.2f} MB/s (ordinary text: {mb / cold:.2f} "
+              f"first pass, {distinct_mb / once:.2f} each chunk once); {t:6.2f} s, {len(ids):,} tokens")
 
 
 if __name__ == "__main__":

@@ -8,17 +8,55 @@ Change the notebook and run `make export` again.
 
 __all__ = [
     'CharTokenizer', 'pair_counts', 'merge', 'GPT2_SPLIT_PATTERN', 'train_merges',
-    'BPETokenizer', 'FORMAT_VERSION', 'tokenizer_from_dict', 'load_tokenizer',
+    'MAX_CHUNK_BYTES', 'BPETokenizer', 'FORMAT_VERSION', 'READ_VERSIONS',
+    'SPLIT_PATTERNS', 'tokenizer_from_dict', 'load_tokenizer',
 ]
 
 import heapq
 import json
+import operator
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex
 
 from minillm.corpus import atomic_write_bytes
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters for an error message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _check_text(text) -> None:
+    """encode() takes a str; bytes must be decoded first (the tokenizer cannot guess their encoding)."""
+    if not isinstance(text, str):
+        hint = " (decode the bytes to a str first, e.g. text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"encode() takes a str, got {type(text).__name__}{hint}")
+
+
+def _as_id(value, what: str) -> int:
+    """`value` as a Python int if it is an integer: an int, a numpy integer, a 0-d integer
+    tensor. Not a float (3.0 is not an id), a string or a bool (True would quietly be 1)."""
+    if not isinstance(value, bool) and "bool" not in str(getattr(value, "dtype", "")) and getattr(value, "ndim", 0) == 0:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be an integer, got {_short(value)} ({type(value).__name__})")
+
+
+def _token_ids(ids) -> list[int]:
+    """decode()'s argument as a list of Python ints: a sequence of ints (or numpy integers, or
+    0-d integer tensors), or a 1-d integer tensor or array. Anything else is refused by position."""
+    if isinstance(ids, (str, bytes, bytearray)) or getattr(ids, "ndim", 1) == 0:
+        raise TypeError(f"decode() takes a sequence of integer token ids, got {type(ids).__name__} {_short(ids)}")
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)     # a tensor or an array: Python numbers
+    for position, i in enumerate(ids):
+        if type(i) is not int:
+            ids[position] = _as_id(i, f"decode(): the token id at position {position}")
+    return ids
 
 
 class CharTokenizer:
@@ -40,6 +78,7 @@ class CharTokenizer:
         return len(self.chars)
 
     def encode(self, text: str) -> list[int]:
+        _check_text(text)
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
@@ -48,11 +87,12 @@ class CharTokenizer:
                              f"this tokenizer's vocabulary of {self.vocab_size} characters") from None
 
     def decode(self, ids) -> str:
+        """Ids (a list, or a 1-d integer tensor) -> text."""
         out = []
-        for i in ids:
-            i = int(i)
+        for position, i in enumerate(_token_ids(ids)):
             if not 0 <= i < self.vocab_size:
-                raise ValueError(f"invalid token id: {i} (the vocabulary has ids 0 to {self.vocab_size - 1})")
+                raise ValueError(f"invalid token id: {i} at position {position} "
+                                 f"(the vocabulary has ids 0 to {self.vocab_size - 1})")
             out.append(self.chars[i])
         return "".join(out)
 
@@ -154,6 +194,25 @@ def train_merges(chunk_counts: dict, n_merges: int, verbose: bool = False) -> li
     return merges
 
 
+MAX_CHUNK_BYTES = 64     # encode() merges a longer pre-split chunk in pieces of at most this many bytes
+_CACHE_SIZE = 100_000    # chunks whose ids encode() remembers; the cache starts afresh when full
+_NO_MERGE = float("inf")  # the rank of a pair that has no merge
+
+
+def _pieces(chunk: str, limit: int) -> list[str]:
+    """`chunk` cut into pieces of at most `limit` bytes of UTF-8, never inside a character.
+    _pieces("abcdefg", 3) -> ["abc", "def", "g"]"""
+    data = chunk.encode("utf-8")
+    pieces, start = [], 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:   # a continuation byte (10xxxxxx):
+            end -= 1                                            # cut before its character instead
+        pieces.append(data[start:end].decode("utf-8"))
+        start = end
+    return pieces
+
+
 class BPETokenizer:
     """Byte-level byte-pair encoding (as GPT-2): the base vocabulary is the 256 byte values,
     training learns merges of frequent adjacent pairs inside the chunks of a pre-split
@@ -219,32 +278,46 @@ class BPETokenizer:
         return self
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        cached = self._cache.get(chunk)
-        if cached is not None:
-            return cached
+        """The ids of one chunk (of at most MAX_CHUNK_BYTES bytes): apply the merges, earliest
+        learned first, until no adjacent pair has one. A merge's id is also its rank."""
+        ids = self._cache.get(chunk)
+        if ids is not None:
+            return ids
         ids = list(chunk.encode("utf-8"))
+        rank = self.merges.get                        # pair -> the id it merges into
         while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float("inf")))  # earliest merge
-            if pair not in self.merges:
+            ranks = [rank(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
+            best = min(ranks)                         # the earliest merge among adjacent pairs
+            if best == _NO_MERGE:
                 break                                 # no adjacent pair has a merge
-            ids = merge(ids, pair, self.merges[pair])
-        if len(self._cache) < 200_000:                # a bound, for endless streams of new text
-            self._cache[chunk] = ids
+            i = ranks.index(best)
+            ids = merge(ids, (ids[i], ids[i + 1]), best)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()                       # bounded: _CACHE_SIZE chunks of at most MAX_CHUNK_BYTES
+        self._cache[chunk] = ids
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Encode treating special-token strings as ordinary text."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+        """Encode treating special-token strings as ordinary text. A chunk of the pre-split
+        longer than MAX_CHUNK_BYTES bytes is merged in pieces of at most that many (section 10)."""
+        _check_text(text)
         out: list[int] = []
         for chunk in self._chunks(text):
-            out.extend(self._encode_chunk(chunk))
+            if len(chunk) <= MAX_CHUNK_BYTES // 4:    # short for sure: a character is at most 4 bytes
+                out.extend(self._encode_chunk(chunk))
+            else:
+                for piece in _pieces(chunk, MAX_CHUNK_BYTES):
+                    out.extend(self._encode_chunk(piece))
         return out
 
     def encode(self, text: str, allowed_special="none_raise") -> list[int]:
         """Text -> ids. allowed_special says what a special token's text in `text` means:
         "all" (encode it as its special id), "none" (as ordinary text), a set of the
         special tokens to allow, or "none_raise" (the default: it is an error)."""
+        _check_text(text)
+        if isinstance(allowed_special, str) and allowed_special not in ("all", "none", "none_raise"):
+            raise ValueError(f"allowed_special must be 'all', 'none', 'none_raise' or a set of special tokens, "
+                             f"got {_short(allowed_special)}")
         if not self.special_tokens or allowed_special == "none":
             return self.encode_ordinary(text)
         if allowed_special == "none_raise":
@@ -267,26 +340,42 @@ class BPETokenizer:
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes token `i` stands for."""
-        i = int(i)
-        if i in self.vocab:
-            return self.vocab[i]
-        if i in self._special_bytes:
-            return self._special_bytes[i]
-        raise ValueError(f"invalid token id: {i} (the vocabulary has ids 0 to {self.vocab_size - 1})")
+        i = _as_id(i, "token_bytes(): the token id")
+        piece = self.vocab.get(i, self._special_bytes.get(i))
+        if piece is None:
+            raise ValueError(f"invalid token id: {i} (the vocabulary has ids 0 to {self.vocab_size - 1})")
+        return piece
 
     def decode(self, ids) -> str:
-        """Ids -> text. A sequence cut inside a multi-byte character decodes with U+FFFD for
-        the broken part (decoding never fails on valid ids)."""
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        """Ids (a list, or a 1-d integer tensor) -> text. A sequence cut inside a multi-byte
+        character decodes with U+FFFD for the broken part (decoding never fails on valid ids)."""
+        out = []
+        for position, i in enumerate(_token_ids(ids)):
+            piece = self.vocab.get(i, self._special_bytes.get(i))
+            if piece is None:
+                raise ValueError(f"invalid token id: {i} at position {position} "
+                                 f"(the vocabulary has ids 0 to {self.vocab_size - 1})")
+            out.append(piece)
+        return b"".join(out).decode("utf-8", errors="replace")
 
     # saving and loading: see section 9
     def to_dict(self) -> dict:
-        return {"format": "minillm-bpe-tokenizer", "version": FORMAT_VERSION, "pattern": self.pattern,
-                "merges": [list(pair) for pair in self.merges], "special_tokens": self.special_tokens}
+        """The tokenizer as plain data, for save() and for checkpoints. The pre-split pattern
+        is stored by its name in SPLIT_PATTERNS ("gpt2"), or None, never as a regex: a regex
+        read from a file would run on every text, and a crafted one can hang encode(). A
+        pattern of your own is stored as "custom", with the regex in "custom_pattern", and
+        from_dict refuses it unless you pass allow_custom_pattern=True for a file you trust
+        (so your experiment can still be saved, and no file runs a regex unasked)."""
+        name = _pattern_name(self.pattern)
+        data = {"format": "minillm-bpe-tokenizer", "version": FORMAT_VERSION, "pattern": name,
+                "merges": [list(pair) for pair in self.merges], "special_tokens": dict(self.special_tokens)}
+        if name == "custom":
+            data["custom_pattern"] = self.pattern
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BPETokenizer":
-        merges, special, pattern = _check_bpe_data(data)
+    def from_dict(cls, data: dict, *, allow_custom_pattern: bool = False) -> "BPETokenizer":
+        merges, special, pattern = _check_bpe_data(data, allow_custom_pattern)
         tok = cls(merges, pattern=pattern)
         tok.add_special_tokens(sorted(special, key=special.get))
         if tok.special_tokens != special:
@@ -298,15 +387,26 @@ class BPETokenizer:
         _write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path) -> "BPETokenizer":
-        return _load_as(cls, path)
+    def load(cls, path, *, allow_custom_pattern: bool = False) -> "BPETokenizer":
+        return _load_as(cls, path, allow_custom_pattern=allow_custom_pattern)
 
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={list(self.special_tokens)})")
 
 
-FORMAT_VERSION = 1  # of the JSON files that save() writes; load() refuses other versions
+FORMAT_VERSION = 2          # of the JSON files that save() writes
+READ_VERSIONS = (1, 2)      # the versions load() reads: 1 stored the pre-split regex itself, 2 its name
+
+# The pre-split patterns a saved tokenizer may name: a file picks one of these, it never brings its own.
+SPLIT_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN}
+
+
+def _pattern_name(pattern: str | None) -> str | None:
+    """How to_dict() stores a pattern: its name in SPLIT_PATTERNS, None, or "custom"."""
+    if pattern is None:
+        return None
+    return next((name for name, known in SPLIT_PATTERNS.items() if known == pattern), "custom")
 
 
 def _write_json(path, data: dict) -> None:
@@ -317,53 +417,86 @@ def _write_json(path, data: dict) -> None:
 def _read_json(path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:          # [[[[...]]]]: json recurses once per level
+        raise ValueError(f"{path} is not a minillm tokenizer file: its JSON is nested too deeply "
+                         f"(a tokenizer file is nested 3 levels deep)") from None
+    except (OSError, ValueError) as e:                      # ValueError: bad JSON, bad UTF-8, a huge number
         raise ValueError(f"{path} is not a readable tokenizer file: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a tokenizer file: it holds a JSON {type(data).__name__}, not an object")
     return data
 
 
-def _check_bpe_data(data: dict):
+def _saved_pattern(data: dict, allow_custom_pattern: bool) -> str | None:
+    """The pre-split regex that saved data names, from SPLIT_PATTERNS. A custom regex
+    ("custom_pattern", or any regex of a version-1 file but GPT-2's) only if allowed."""
+    name, field = data.get("pattern"), "pattern"
+    if name is None:
+        return None
+    if data.get("version") == 1:                            # version 1 stored the regex itself
+        if name in SPLIT_PATTERNS.values():
+            return name
+        custom = name
+    elif isinstance(name, str) and name in SPLIT_PATTERNS:
+        return SPLIT_PATTERNS[name]
+    elif name == "custom":
+        custom, field = data.get("custom_pattern"), "custom_pattern"
+    else:
+        raise ValueError(f"'pattern' must name a known pre-split pattern ({', '.join(map(repr, SPLIT_PATTERNS))}, "
+                         f"'custom' or null), got {_short(name)}")
+    if not isinstance(custom, str):
+        raise ValueError(f"'{field}' must be a regex string, got {_short(custom)}")
+    if not allow_custom_pattern:
+        raise ValueError(f"'{field}' is a custom pre-split regex, {_short(custom)}; a regex from a file runs on every "
+                         f"text (a crafted one can hang encode), so minillm loads one only with "
+                         f"allow_custom_pattern=True, for a file you trust")
+    return custom
+
+
+def _check_bpe_data(data: dict, allow_custom_pattern: bool = False):
     """The merges, special tokens and pattern of a saved BPE tokenizer, checked for type."""
-    merges, special, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern")
+    merges, special = data.get("merges"), data.get("special_tokens", {})
     if not isinstance(merges, list) or not all(
             isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
         raise ValueError("'merges' must be a list of [int, int] pairs")
-    if not isinstance(special, dict) or not all(isinstance(i, int) for i in special.values()):
+    if not isinstance(special, dict) or not all(isinstance(t, str) and type(i) is int for t, i in special.items()):
         raise ValueError("'special_tokens' must map strings to ids")
-    if pattern is not None and not isinstance(pattern, str):
-        raise ValueError("'pattern' must be a string or null")
-    return merges, special, pattern
+    return merges, special, _saved_pattern(data, allow_custom_pattern)
 
 
 _FORMATS = {"minillm-char-tokenizer": CharTokenizer, "minillm-bpe-tokenizer": BPETokenizer}
 
 
-def tokenizer_from_dict(data: dict):
-    """Rebuild a tokenizer from its to_dict() (as stored in a checkpoint), checking it."""
-    kind = data.get("format")
+def tokenizer_from_dict(data: dict, *, allow_custom_pattern: bool = False):
+    """Rebuild a tokenizer from its to_dict() (as stored in a checkpoint), checking it.
+    allow_custom_pattern: load a BPE tokenizer's own pre-split regex (see BPETokenizer.to_dict)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"not a minillm tokenizer: expected a dict, got {type(data).__name__}")
+    kind, version = data.get("format"), data.get("version")
     if kind not in _FORMATS:
-        raise ValueError(f"not a minillm tokenizer: its format is {kind!r}, expected one of {sorted(_FORMATS)}")
-    if data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"tokenizer format version {data.get('version')!r}; this minillm reads version {FORMAT_VERSION}")
+        raise ValueError(f"not a minillm tokenizer: its format is {_short(kind)}, expected one of {sorted(_FORMATS)}")
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise ValueError(f"tokenizer format version {_short(version)}; this minillm reads versions "
+                         f"{', '.join(map(str, READ_VERSIONS))}")
     try:
+        if _FORMATS[kind] is BPETokenizer:
+            return BPETokenizer.from_dict(data, allow_custom_pattern=allow_custom_pattern)
         return _FORMATS[kind].from_dict(data)
     except (ValueError, regex.error) as e:
-        raise ValueError(f"damaged tokenizer data: {e}") from None
+        raise ValueError(f"not a valid minillm tokenizer: {e}") from None
 
 
-def load_tokenizer(path):
+def load_tokenizer(path, *, allow_custom_pattern: bool = False):
     """Load a tokenizer saved by CharTokenizer.save or BPETokenizer.save, whichever it is."""
     data = _read_json(path)
     try:
-        return tokenizer_from_dict(data)
+        return tokenizer_from_dict(data, allow_custom_pattern=allow_custom_pattern)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _load_as(cls, path):
-    tok = load_tokenizer(path)
+def _load_as(cls, path, **options):
+    tok = load_tokenizer(path, **options)
     if not isinstance(tok, cls):
         raise ValueError(f"{path} holds a {type(tok).__name__}, not a {cls.__name__}")
     return tok

@@ -1,12 +1,18 @@
 """Lesson 02: minillm.tokenizer (CharTokenizer, BPETokenizer), against hand-checked cases
 and a straightforward recount-every-merge reference trainer."""
+import hashlib
 import json
 import os
+import random
+import string
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
+import minillm.tokenizer
 from exercise_tools import assert_checks_work
 from minillm.corpus import tiny_shakespeare
 from minillm.tokenizer import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, load_tokenizer, merge,
@@ -188,7 +194,7 @@ def test_save_load_round_trip(tmp_path, trained):
     assert again.merges == tok.merges and again.special_tokens == tok.special_tokens and again.pattern == tok.pattern
     sample = "But, soft! what light<|endoftext|>"
     assert again.encode(sample, allowed_special="all") == tok.encode(sample, allowed_special="all")
-    assert json.loads((tmp_path / "tok.json").read_text())["version"] == 1
+    assert json.loads((tmp_path / "tok.json").read_text())["version"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]        # no temporary file left
     assert tokenizer_from_dict(tok.to_dict()).merges == tok.merges
 
@@ -197,10 +203,10 @@ def test_save_load_round_trip(tmp_path, trained):
     (lambda text: text[: len(text) // 2], "not a readable tokenizer file"),
     (lambda text: "[1, 2, 3]", "holds a JSON list"),
     (lambda text: json.dumps({"format": "something-else", "version": 1}), "its format is 'something-else'"),
-    (lambda text: text.replace('"version": 1', '"version": 99'), "version 99"),
+    (lambda text: text.replace('"version": 2', '"version": 99'), "version 99"),
     (lambda text: text.replace("[", "[7000, ", 2), "merges"),
     (lambda text: text.replace('"merges": [', '"merges": [[300, 301], ', 1), "does not exist yet"),
-    (lambda text: text.replace('"pattern": "', '"pattern": "(', 1), "damaged"),
+    (lambda text: text.replace('"pattern": "', '"pattern": "(', 1), "'pattern' .*'\\(gpt2'"),
 ])
 def test_damaged_files_are_refused(tmp_path, trained, damage, message):
     path = tmp_path / "tok.json"
@@ -227,6 +233,180 @@ def test_save_is_atomic(tmp_path, trained, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         trained.save(path)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
+# ------------------------------------------------------------------ hardening: a file must not choose code
+
+CRAFTED = "(a|aa)+$"    # catastrophic backtracking: the time to match "aaa...a!" grows exponentially
+
+
+def test_a_saved_tokenizer_names_its_pattern(tmp_path, trained):
+    data = trained.to_dict()
+    assert data["version"] == 2 and data["pattern"] == "gpt2" and "custom_pattern" not in data
+    assert BPETokenizer(pattern=None).to_dict()["pattern"] is None
+    trained.save(tmp_path / "tok.json")
+    assert json.loads((tmp_path / "tok.json").read_text())["pattern"] == "gpt2"
+    assert BPETokenizer.load(tmp_path / "tok.json").pattern == GPT2_SPLIT_PATTERN
+    assert CharTokenizer("abc").to_dict()["version"] == 2
+
+
+def test_version_1_files_still_load(tmp_path, trained):
+    """Version 1 stored the regex itself: the GPT-2 regex (or null) loads as before."""
+    for pattern in (GPT2_SPLIT_PATTERN, None):
+        path = tmp_path / "old.json"
+        path.write_text(json.dumps({"format": "minillm-bpe-tokenizer", "version": 1, "pattern": pattern,
+                                    "merges": [list(p) for p in trained.merges], "special_tokens": {"<|endoftext|>": 512}}))
+        tok = BPETokenizer.load(path)
+        assert tok.pattern == pattern and tok.merges == trained.merges and tok.special_tokens == {"<|endoftext|>": 512}
+    assert tokenizer_from_dict({"format": "minillm-char-tokenizer", "version": 1, "chars": "abc"}).chars == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("fields, field, value", [
+    ({"version": 1, "pattern": CRAFTED}, "pattern", CRAFTED),                          # a version-1 file, crafted
+    ({"pattern": CRAFTED}, "pattern", CRAFTED),                                          # a regex where a name belongs
+    ({"pattern": "custom", "custom_pattern": CRAFTED}, "custom_pattern", CRAFTED),       # a custom regex, not allowed
+    ({"pattern": "custom", "custom_pattern": 7}, "custom_pattern", 7),
+    ({"pattern": "gpt2" * 100}, "pattern", "gpt2" * 100),                                # a long value is cut short
+    ({"pattern": ["gpt2"]}, "pattern", ["gpt2"]),
+])
+def test_a_file_cannot_choose_the_pre_split_regex(tmp_path, trained, monkeypatch, fields, field, value):
+    compiled = []
+    compile_regex = regex.compile
+    monkeypatch.setattr(regex, "compile", lambda p, *a, **k: (compiled.append(p), compile_regex(p, *a, **k))[1])
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps({**trained.to_dict(), **fields}))
+    for load in (BPETokenizer.load, load_tokenizer, lambda p: tokenizer_from_dict(json.loads(p.read_text()))):
+        with pytest.raises(ValueError, match=f"'{field}'") as e:
+            load(path)
+        message = str(e.value)
+        assert repr(value)[:40] in message and "\n" not in message and len(message) < 400, message
+    assert value not in compiled                                   # refused before it could run
+
+
+def test_a_custom_pattern_is_saved_but_loads_only_when_allowed(tmp_path):
+    custom = r"\w+|\s+|[^\w\s]+"
+    tok = BPETokenizer(pattern=custom).train("to be, or not to be, that is the question", 270)
+    data = tok.to_dict()
+    assert data["pattern"] == "custom" and data["custom_pattern"] == custom
+    with pytest.raises(ValueError, match="allow_custom_pattern=True"):
+        tokenizer_from_dict(data)
+    assert tokenizer_from_dict(data, allow_custom_pattern=True).encode("to be") == tok.encode("to be")
+    tok.save(tmp_path / "tok.json")
+    for load in (BPETokenizer.load, load_tokenizer):
+        with pytest.raises(ValueError, match="'custom_pattern'"):
+            load(tmp_path / "tok.json")
+        again = load(tmp_path / "tok.json", allow_custom_pattern=True)
+        assert again.pattern == custom and again.merges == tok.merges
+    with pytest.raises(ValueError, match="missing \\)"):                  # even allowed, a broken regex is refused
+        tokenizer_from_dict({**data, "custom_pattern": "("}, allow_custom_pattern=True)
+
+
+# ------------------------------------------------------------------ hardening: what encode and decode accept
+
+@pytest.mark.parametrize("bad", [3.0, "3", True, None, np.float32(3), np.bool_(True),
+                                 torch.tensor(3.0), torch.tensor(True), torch.tensor([3])])
+def test_decode_refuses_ids_that_are_not_integers(trained, bad):
+    for tok in (CharTokenizer("abcdef"), trained):
+        with pytest.raises(TypeError, match="position 1 must be an integer, got " + regex.escape(repr(bad))):
+            tok.decode([0, bad, 2])
+
+
+def test_decode_refuses_a_string_bytes_and_float_tensors(trained):
+    for tok in (CharTokenizer("abcdef"), trained):
+        for bad in ("abc", b"abc"):
+            with pytest.raises(TypeError, match=f"decode\\(\\) takes a sequence of integer token ids, got {type(bad).__name__}"):
+                tok.decode(bad)
+        with pytest.raises(TypeError, match="position 0 must be an integer, got 0.0"):
+            tok.decode(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="invalid token id: 7 at position 2"):
+        CharTokenizer("abc").decode([0, 1, 7])
+
+
+def test_decode_takes_ints_numpy_integers_and_integer_tensors(trained):
+    for tok in (CharTokenizer("abcdef"), trained):
+        expected = tok.decode([0, 1, 2])
+        for ids in ([np.int64(0), np.int32(1), np.uint8(2)], np.array([0, 1, 2]), torch.tensor([0, 1, 2]),
+                    list(torch.tensor([0, 1, 2])), torch.tensor([[0, 1, 2]])[0], (i for i in [0, 1, 2]), range(3)):
+            assert tok.decode(ids) == expected
+    assert trained.token_bytes(np.int64(101)) == trained.token_bytes(torch.tensor(101)) == b"e"
+    with pytest.raises(TypeError, match="must be an integer, got 1.0"):
+        trained.token_bytes(1.0)
+
+
+def test_encode_wants_a_str(trained):
+    special = BPETokenizer(list(trained.merges), special_tokens=["<|endoftext|>"])
+    encoders = [CharTokenizer("abc").encode, trained.encode, trained.encode_ordinary, special.encode,
+                lambda text: special.encode(text, allowed_special="all"), special.encode_ordinary]
+    for encode in encoders:
+        for bad in (b"abc", bytearray(b"abc"), ["a", "b"], None):
+            with pytest.raises(TypeError, match=f"encode\\(\\) takes a str, got {type(bad).__name__}"):
+                encode(bad)
+
+
+def test_allowed_special_must_be_a_mode_or_a_set(trained):
+    tok = BPETokenizer(list(trained.merges), special_tokens=["<|endoftext|>"])
+    with pytest.raises(ValueError, match="allowed_special .*got '<\\|endoftext\\|>'"):
+        tok.encode("Exeunt.<|endoftext|>", allowed_special="<|endoftext|>")     # a set was meant: {"<|endoftext|>"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "not a minillm tokenizer file: its JSON is nested too deeply"),
+    ('{"a": ' * 100_000 + "1" + "}" * 100_000, "not a minillm tokenizer file: its JSON is nested too deeply"),
+    ('{"format": ' + "1" * 5000 + "}", "not a readable tokenizer file"),            # past Python's int-digit limit
+])
+def test_hostile_json_is_refused_with_the_path(tmp_path, text, message):
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    for load in (load_tokenizer, CharTokenizer.load, BPETokenizer.load):
+        with pytest.raises(ValueError, match=message) as e:
+            load(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ hardening: long inputs
+
+@pytest.fixture(scope="module")
+def shakespeare_512(shakespeare):
+    return BPETokenizer().train(shakespeare, 512)
+
+
+def test_the_chunk_cap_leaves_tiny_shakespeare_unchanged(shakespeare, shakespeare_512):
+    """The ids of the whole text are those minillm gave before chunks were capped (the digest
+    was taken then): ordinary text never meets the cap."""
+    ids = shakespeare_512.encode(shakespeare)
+    assert len(ids) == 575_345
+    assert hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest() == \
+        "0afdc72134acf13e7f8b093a9c4b64ff93e11b4559c11f5c8382200c2ce3de05"
+    longest = max(len(c.encode("utf-8")) for c in regex.findall(GPT2_SPLIT_PATTERN, shakespeare))
+    assert longest == 16 and longest <= minillm.tokenizer.MAX_CHUNK_BYTES
+
+
+def test_a_long_word_is_merged_in_bounded_pieces(trained, monkeypatch):
+    """No chunk longer than MAX_CHUNK_BYTES reaches the merge loop, whatever the input, so the
+    work per byte is bounded (a timing-free check); and every long word still round-trips."""
+    bound = minillm.tokenizer.MAX_CHUNK_BYTES
+    tok = BPETokenizer(list(trained.merges))
+    merged = []
+    encode_chunk = tok._encode_chunk
+    monkeypatch.setattr(tok, "_encode_chunk", lambda chunk: (merged.append(chunk), encode_chunk(chunk))[1])
+    rng = random.Random(0)
+    for word in ["".join(rng.choices(string.ascii_lowercase, k=1_000_000)), "a" * 1_000_000,
+                 "日本語😀" * 30_000, " " + "é" * 99_999, "!" * (bound + 1)]:
+        merged.clear()
+        ids = tok.encode(word)
+        assert tok.decode(ids) == word
+        assert "".join(merged) == word and max(len(c.encode("utf-8")) for c in merged) <= bound
+        assert ids == [i for piece in list(merged) for i in encode_chunk(piece)]   # the pieces, one after another
+    assert len(merged) == 2                                                        # the last word: bound + 1 bytes
+
+
+def test_the_chunk_cache_stays_bounded(trained, monkeypatch):
+    monkeypatch.setattr(minillm.tokenizer, "_CACHE_SIZE", 100)
+    tok = BPETokenizer(list(trained.merges))
+    tok.encode("x" * 100_000)                                       # one long word: only its pieces are cached
+    assert tok._cache and max(len(c.encode("utf-8")) for c in tok._cache) <= minillm.tokenizer.MAX_CHUNK_BYTES
+    words = " ".join(f"w{i}" for i in range(1000))                   # 1000 distinct chunks
+    assert tok.decode(tok.encode(words)) == words and 0 < len(tok._cache) <= 100
 
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
