@@ -8,8 +8,8 @@ Change the notebook and run `make export` again.
 
 __all__ = [
     'TINY_SHAKESPEARE_URL', 'TINY_SHAKESPEARE_SHA256', 'TINY_SHAKESPEARE_FILE',
-    'CorpusError', 'data_dir', 'sha256_of', 'atomic_write_bytes', 'download',
-    'corpus_path', 'tiny_shakespeare', 'train_val_split', 'bigram_counts',
+    'CorpusError', 'data_dir', 'sha256_of', 'atomic_write_bytes', 'fsync_dir',
+    'download', 'corpus_path', 'tiny_shakespeare', 'train_val_split', 'bigram_counts',
     'bigram_loss',
 ]
 
@@ -50,7 +50,8 @@ def sha256_of(path) -> str:
 
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees the old file or the new one, never
-    half of one: a temporary file in the same folder, flushed to disk, then renamed."""
+    half of one: a temporary file in the same folder (.NAME.RANDOM.part), flushed to disk,
+    then renamed; then the folder is flushed too, so that the rename survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -66,6 +67,22 @@ def atomic_write_bytes(path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder) -> None:
+    """Flush a folder's entries (a rename is a change to the folder, not to the file) to disk.
+    Windows cannot open a folder for this, and needs no such step: there it does nothing."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                                   # some file systems refuse to flush a folder
+    finally:
+        os.close(fd)
 
 
 def download(url: str, path, sha256: str, timeout: float = 30.0) -> Path:

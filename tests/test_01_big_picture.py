@@ -170,3 +170,24 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "p = c / c.sum(dim=-1, keepdim=True).clamp(min=1)\nv = torch.as_tensor(val_ids).long()\n"
            "return -p[v[:-2], v[1:-1], v[2:]].log().mean().item()",
     })
+
+
+def test_atomic_write_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename is a change to the folder: the folder is fsynced after it, so that a power
+    cut cannot undo the rename (the file's own fsync comes before it)."""
+    import stat
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        calls.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def spy_replace(src, dst):
+        calls.append("rename")
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    corpus.atomic_write_bytes(tmp_path / "f.bin", b"data")
+    assert calls == ["fsync file", "rename", "fsync dir"]
+    assert (tmp_path / "f.bin").read_bytes() == b"data"
