@@ -148,7 +148,8 @@ class GPT(nn.Module):
 
     Initialised like GPT-2 (lesson 16's init_gpt2_), so an untrained model predicts nearly
     uniformly: its loss is close to ln(vocab_size), 4.17 for 65 characters. A target of -1
-    is ignored by the loss (a padded position). kv_caches: one lesson-12 KVCache per block;
+    is ignored by the loss (a padded position); targets that are all -1 raise ValueError
+    (there is nothing to score: the mean would be nan). kv_caches: one lesson-12 KVCache per block;
     idx then holds only the positions after the cached ones (generation, lesson 18).
 
     GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=2, n_head=2, n_embd=16)) has
@@ -194,6 +195,9 @@ class GPT(nn.Module):
                              f"position), got {what}")
         if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
             raise TypeError(f"targets must hold integer token ids, got a tensor of dtype {targets.dtype}")
+        if (targets == -1).all():
+            raise ValueError(f"targets: every target is -1 (ignored), so there is no position to score and the "
+                             f"loss would be nan (a mean over none); give at least one real target, or no targets")
         V = self.config.vocab_size
         bad = (targets < -1) | (targets >= V)
         if bad.any():
