@@ -30,7 +30,10 @@ NOT_DONE, PASSED, FAILED = "not done", "passed", "failed"
 
 @dataclass(frozen=True)
 class Close:
-    """Expect a number or tensor within atol + rtol * |expected|."""
+    """Expect a number or tensor within atol + rtol * |expected|. The defaults suit a float32 result
+    of order one that sums a few dozen terms of order one, which another summation order (another
+    CPU, or a learner's equally right code) moves by ~1e-6 at most; a result that sums many or large
+    terms is known only to ~1e-7 of sum|terms|, and needs a tolerance in proportion."""
     value: Any
     atol: float = 1e-5
     rtol: float = 1e-5

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from exercise_tools import assert_checks_work
 from minillm.self_attention import AttentionHead
+from numerics import assert_close64
 
 WORDS = "The animal didn't cross the street because it was tired".split()
 X_SENTENCE = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0],
@@ -45,18 +46,19 @@ def test_structure_and_parameters():
 @pytest.mark.parametrize("shape", [(2, 5, 16), (1, 1, 16), (3, 17, 16), (5, 16), (2, 3, 4, 16)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_equals_torch_attention_in_values_and_gradients(shape, bias):
+    """In float64: the same function, with no float32 summation order (the CPU's) in the way."""
     torch.manual_seed(0)
-    head = AttentionHead(16, 4, bias=bias)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 2
+    head = AttentionHead(16, 4, bias=bias).double()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     mine, theirs = head(x1), reference(head, x2)
     assert mine.shape == (*shape[:-1], 4)
-    assert torch.allclose(mine, theirs, atol=1e-5)
-    upstream = torch.randn(mine.shape, generator=torch.Generator().manual_seed(2))
+    assert_close64(mine, theirs, what="output")
+    upstream = torch.randn(mine.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     g1 = torch.autograd.grad((mine * upstream).sum(), [x1, *head.parameters()])
     g2 = torch.autograd.grad((theirs * upstream).sum(), [x2, *head.parameters()])
     for a, b in zip(g1, g2, strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert_close64(a, b, what="gradient")
 
 
 def test_attention_weights_are_rows_of_probabilities():

@@ -8,6 +8,7 @@ import torch.nn as nn
 from exercise_tools import assert_checks_work
 from minillm.multi_head import MultiHeadAttention
 from minillm.self_attention import AttentionHead
+from numerics import assert_close64
 
 
 def torch_reference(mha: MultiHeadAttention, bias: bool) -> nn.MultiheadAttention:
@@ -43,6 +44,7 @@ def test_structure_and_defaults():
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("C, n_head, shape", [(32, 4, (3, 12)), (12, 3, (1, 1)), (16, 1, (2, 9)), (24, 6, (4, 5))])
 def test_equals_torch_multihead_attention(bias, C, n_head, shape):
+    """In float64: the same function, with no float32 summation order (the CPU's) in the way."""
     torch.manual_seed(0)
     mha = MultiHeadAttention(C, n_head, bias=bias)
     if bias:
@@ -50,20 +52,21 @@ def test_equals_torch_multihead_attention(bias, C, n_head, shape):
             for p in mha.parameters():
                 if p.dim() == 1:
                     p.normal_()
-    ref = torch_reference(mha, bias)
-    x = torch.randn(*shape, C, generator=torch.Generator().manual_seed(1))
+    mha = mha.double()
+    ref = torch_reference(mha, bias).double()
+    x = torch.randn(*shape, C, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     mine = mha(x1)
     theirs, their_weights = ref(x2, x2, x2, need_weights=True, average_attn_weights=False)
     assert mine.shape == (*shape, C)
-    assert torch.allclose(mine, theirs, atol=1e-5)
-    assert torch.allclose(mha.attention_weights(x), their_weights, atol=1e-5)
-    upstream = torch.randn(mine.shape, generator=torch.Generator().manual_seed(2))
+    assert_close64(mine, theirs, what="output")
+    assert_close64(mha.attention_weights(x), their_weights, what="attention weights")
+    upstream = torch.randn(mine.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     (mine * upstream).sum().backward()
     (theirs * upstream).sum().backward()
-    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert_close64(x1.grad, x2.grad, what="x.grad")
     ours = torch.cat([h.query.weight.grad for h in mha.heads])                      # the query gradients, packed
-    assert torch.allclose(ours, ref.in_proj_weight.grad[:C], atol=1e-5)
+    assert_close64(ours, ref.in_proj_weight.grad[:C], what="query weight grad")
 
 
 def test_output_is_the_heads_concatenated_and_weights_stacked():
@@ -77,7 +80,8 @@ def test_output_is_the_heads_concatenated_and_weights_stacked():
         assert torch.equal(w[:, i], head.attention_weights(x))
     single = torch.randn(7, 20)                                                     # a single sequence (T, C)
     assert mha(single).shape == (7, 20) and mha.attention_weights(single).shape == (5, 7, 7)
-    assert torch.allclose(mha(single), mha(single.unsqueeze(0))[0])
+    mha64, single64 = mha.double(), single.double()      # float64: a 2-D input may take another float32 kernel
+    assert_close64(mha64(single64), mha64(single64.unsqueeze(0))[0])
 
 
 def test_hand_set_heads_look_where_they_should():

@@ -8,6 +8,7 @@ from exercise_tools import assert_checks_work
 from minillm.causal_mask import CausalAttention, causal_mask
 from minillm.multi_head import MultiHeadAttention
 from minillm.qkv import FusedQKVAttention, merge_heads
+from numerics import assert_close64
 
 
 def test_causal_mask_is_the_lower_triangle():
@@ -33,22 +34,23 @@ CONFIGS = [(12, 3, False), (32, 4, True), (8, 1, False), (16, 16, True)]
 
 @pytest.mark.parametrize("d_model,n_head,bias", CONFIGS)
 def test_equal_to_torch_causal_attention_in_values_and_gradients(d_model, n_head, bias):
+    """In float64: the same function, with no float32 summation order (the CPU's) in the way."""
     torch.manual_seed(d_model + n_head)
-    attn = CausalAttention(d_model, n_head, bias=bias)
-    x1 = torch.randn(3, 10, d_model, requires_grad=True)
+    attn = CausalAttention(d_model, n_head, bias=bias).double()
+    x1 = torch.randn(3, 10, d_model).double().requires_grad_()
     x2 = x1.detach().clone().requires_grad_()
-    upstream = torch.randn(3, 10, d_model)
+    upstream = torch.randn(3, 10, d_model).double()
     ours = attn(x1)
     q, k, v = attn.project(x2)
     theirs = merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert_close64(ours, theirs, what="output")
     (ours * upstream).sum().backward()
     g_ours = [p.grad.clone() for p in attn.parameters()]
     attn.zero_grad()
     (theirs * upstream).sum().backward()
-    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert_close64(x1.grad, x2.grad, what="x.grad")
     for a, b in zip(g_ours, [p.grad for p in attn.parameters()], strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert_close64(a, b, what="parameter grad")
 
 
 def test_equal_to_torch_multihead_attention_with_a_causal_mask():
@@ -59,11 +61,12 @@ def test_equal_to_torch_multihead_attention_with_a_causal_mask():
     with torch.no_grad():
         theirs.in_proj_weight.copy_(ours.qkv.weight)
         theirs.out_proj.weight.copy_(torch.eye(C))
-    x = torch.randn(2, 7, C)
+    ours, theirs = ours.double(), theirs.double()                     # float64: see numerics.py
+    x = torch.randn(2, 7, C).double()
     future = ~causal_mask(7)                                          # torch's attn_mask here: True = may NOT attend
     out, weights = theirs(x, x, x, attn_mask=future, need_weights=True, average_attn_weights=False)
-    assert torch.allclose(ours(x), out, atol=1e-5)
-    assert torch.allclose(ours.attention_weights(x), weights, atol=1e-6)
+    assert_close64(ours(x), out, what="output")
+    assert_close64(ours.attention_weights(x), weights, what="attention weights")
 
 
 def test_attention_weights_are_causal_distributions():

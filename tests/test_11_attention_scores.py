@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from exercise_tools import assert_checks_work
 from minillm.attention import attention_weights, scaled_dot_product_attention, softmax
+from numerics import assert_close64
 
 
 def gen(seed):
@@ -43,12 +44,13 @@ def test_the_naive_formula_really_overflows():
 
 
 def test_softmax_gradient_equals_torch():
-    x1 = (torch.randn(4, 7, generator=gen(1)) * 20).requires_grad_()
+    # float64: the gradient s * (u - sum s u) cancels, and float32 would leave the CPU's rounding
+    x1 = (torch.randn(4, 7, generator=gen(1)) * 20).double().requires_grad_()
     x2 = x1.detach().clone().requires_grad_()
-    upstream = torch.randn(4, 7, generator=gen(2))
+    upstream = torch.randn(4, 7, generator=gen(2)).double()
     (softmax(x1) * upstream).sum().backward()
     (torch.softmax(x2, -1) * upstream).sum().backward()
-    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    assert_close64(x1.grad, x2.grad)
     assert torch.autograd.gradcheck(softmax, (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))
 
 
@@ -83,12 +85,15 @@ def values_and_grads(fn, q, k, v, upstream, **kwargs):
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def assert_like_torch(q, k, v, mask=None, is_causal=False, atol=1e-5):
-    upstream = torch.randn(*q.shape[:-1], v.shape[-1], generator=gen(99))
+def assert_like_torch(q, k, v, mask=None, is_causal=False):
+    """Values and gradients, in float64: the same function, with no float32 summation order
+    (the CPU's) in the way."""
+    q, k, v = q.double(), k.double(), v.double()
+    upstream = torch.randn(*q.shape[:-1], v.shape[-1], generator=gen(99)).double()
     ours = values_and_grads(scaled_dot_product_attention, q, k, v, upstream, mask=mask, is_causal=is_causal)
     theirs = values_and_grads(F.scaled_dot_product_attention, q, k, v, upstream, attn_mask=mask, is_causal=is_causal)
     for name, a, b in zip(("output", "dq", "dk", "dv"), ours, theirs):
-        assert torch.allclose(a, b, atol=atol), (name, (a - b).abs().max())
+        assert_close64(a, b, what=name)
 
 
 def qkv(*batch, Tq=6, Tk=6, hs=8, hv=None, seed=0):

@@ -10,6 +10,7 @@ from exercise_tools import assert_checks_work
 from minillm.layer_norm import LayerNorm
 from minillm.mlp import MLP
 from minillm.residual import PreNormResidual
+from numerics import assert_close64
 
 
 class Scaled(nn.Module):
@@ -30,23 +31,24 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("shape", [(16,), (5, 16), (2, 5, 16), (2, 3, 4, 16)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_equals_the_formula_with_torch_layer_norm_in_values_and_gradients(shape, bias):
-    layer = randomize(PreNormResidual(16, MLP(16), bias=bias), seed=1)
-    torch_ln = nn.LayerNorm(16, bias=bias)
+    """In float64: the same function, with no float32 summation order (the CPU's) in the way."""
+    layer = randomize(PreNormResidual(16, MLP(16), bias=bias), seed=1).double()
+    torch_ln = nn.LayerNorm(16, bias=bias).double()
     torch_ln.load_state_dict(layer.ln.state_dict())
     g = torch.Generator().manual_seed(2)
-    x1 = torch.randn(shape, generator=g).requires_grad_()
+    x1 = torch.randn(shape, generator=g).double().requires_grad_()
     x2 = x1.detach().clone().requires_grad_()
-    upstream = torch.randn(shape, generator=g)
+    upstream = torch.randn(shape, generator=g).double()
     out = layer(x1)
     (out * upstream).sum().backward()
     ln_grads = [p.grad.clone() for p in layer.ln.parameters()]
     expected = x2 + layer.sublayer(torch_ln(x2))
     (expected * upstream).sum().backward()
     assert out.shape == shape
-    assert torch.allclose(out, expected, atol=1e-5)
-    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert_close64(out, expected, what="output")
+    assert_close64(x1.grad, x2.grad, what="x.grad")
     for mine, theirs in zip(ln_grads, torch_ln.parameters(), strict=True):
-        assert torch.allclose(mine, theirs.grad, atol=1e-4)
+        assert_close64(mine, theirs.grad, what="layer norm grad")
 
 
 def test_the_docstring_example():
