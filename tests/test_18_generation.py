@@ -58,6 +58,20 @@ def test_temperature():
     assert torch.equal(sample_next(logits, temperature=0), greedy(logits))
 
 
+@pytest.mark.parametrize("tiny", [1e-39, 1e-30, 5e-6, 9.99e-6])
+def test_tiny_temperatures_are_greedy_not_nan(tiny):
+    """logits / 1e-39 overflows float32 to inf (softmax: nan, multinomial: an error); any
+    temperature below GREEDY_BELOW is greedy decoding instead."""
+    from minillm.generation import GREEDY_BELOW
+    assert tiny < GREEDY_BELOW
+    logits = torch.randn(20, 30, generator=torch.Generator().manual_seed(0)) * 5
+    assert torch.equal(logits_to_probs(logits, temperature=tiny), logits_to_probs(logits, temperature=0))
+    assert torch.equal(sample_next(logits, temperature=tiny), greedy(logits))
+    model = GPT(GPTConfig(block_size=16, vocab_size=30, n_layer=1, n_head=2, n_embd=16))
+    start = torch.zeros(1, 1, dtype=torch.long)
+    assert torch.equal(generate(model, start, 8, temperature=tiny), generate(model, start, 8, temperature=0))
+
+
 # ----------------------------------------------------------------------------- top-k
 
 def test_top_k_keeps_exactly_k():
