@@ -75,25 +75,26 @@ def _option_message(e: Exception) -> str:
     return re.sub(r"^(\w+)\b", lambda m: OPTION_OF.get(m.group(1), m.group(1)), text)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, option: str = "--data") -> str:
     try:
+        if path.exists() and not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file (a pipe or a device?)"
+            raise UsageError(f"{option} {path} is {kind}; give a UTF-8 text file")
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"--data {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--data {path} is a directory; give a UTF-8 text file") from None
+        raise UsageError(f"{option} {path}: no such file") from None
     except OSError as e:
-        raise UsageError(f"--data {path} cannot be read: {e.strerror or e}") from None
+        raise UsageError(f"{option} {path} cannot be read: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"--data {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UsageError(f"{option} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not text:
-        raise UsageError(f"--data {path} is empty")
+        raise UsageError(f"{option} {path} is empty")
     return text
 
 
-def _corpus(data) -> tuple:
+def _corpus(data, option: str = "--data") -> tuple:
     """(text, name) of --data, or of Tiny Shakespeare when --data is not given."""
     if data is None:
         from minillm.corpus import CorpusError, tiny_shakespeare
@@ -101,18 +102,25 @@ def _corpus(data) -> tuple:
             return tiny_shakespeare(), "tinyshakespeare"
         except CorpusError as e:
             raise UsageError(str(e)) from None
-    return _read_text(Path(data)), Path(data).stem
+    return _read_text(Path(data), option), Path(data).stem
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _check_out(out: Path) -> None:
-    """--out must be a folder this process can create and write in (checked without leaving anything)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a directory")
+def _is_file(path: Path, option: str) -> bool:
     try:
+        return path.is_file()
+    except OSError as e:                                   # a name too long, say
+        raise UsageError(f"{option} {path}: {e.strerror or e}") from None
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder this process can create and write in (checked without leaving a file)."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file, not a directory")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
@@ -120,19 +128,38 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
+RUN_FIELDS = {   # what run.json must hold for --resume to check a run: field -> (types, what)
+    "data": ((str, type(None)), "a path or null"),
+    "data_sha256": ((str, type(None)), "a SHA-256 or null"),
+    "tokenizer": ((str,), "'char' or 'bpe'"),
+    "val_fraction": ((float,), "a number between 0 and 1"),
+}
+
+
 def _read_run(out: Path) -> dict:
     path = out / RUN_FILE
-    if not path.is_file():
+    if not _is_file(path, "--out"):
         raise UsageError(f"--out {out} has no {RUN_FILE}, so --resume cannot check that it continues the same run "
                          f"(was it made by `python -m minillm train`?); continue it in Python with Trainer.resume")
     try:
         run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = e.msg if isinstance(e, json.JSONDecodeError) else getattr(e, "reason", None) or e
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else getattr(e, "reason", None) or type(e).__name__
         raise UsageError(f"{path} is damaged ({reason}), so --resume cannot check that it continues the same "
                          f"run; restore it, or start a new run") from None
     if not isinstance(run, dict):
         raise UsageError(f"{path} is damaged (it holds a {type(run).__name__}, not a record of the run)")
+    run.setdefault("val_fraction", 0.1)                    # runs.json of version 0.1.0 had no val_fraction
+    for field, (types, what) in RUN_FIELDS.items():
+        if field == "data_sha256" and field not in run:
+            continue                                       # nor a SHA-256: it is not checked then
+        if field not in run:
+            raise UsageError(f"{path} is damaged: it has no {field!r}")
+        value = run[field]
+        if isinstance(value, bool) or not isinstance(value, types + ((int,) if float in types else ())):
+            raise UsageError(f"{path} is damaged: {field!r} must be {what}, got {value!r}")
+    if run["tokenizer"] not in ("char", "bpe") or not 0 < run["val_fraction"] < 1:
+        raise UsageError(f"{path} is damaged: tokenizer {run['tokenizer']!r}, val_fraction {run['val_fraction']!r}")
     return run
 
 
@@ -157,12 +184,20 @@ def _resume_changes(args, ckpt: dict, run: dict) -> tuple:
             changes[field] = value
         else:
             refused.append(f"{OPTION_OF[field]} {value} (the run has {recorded.get(field)})")
-    for option, field, value in (("--tokenizer", "tokenizer", args.tokenizer), ("--vocab-size", "vocab_size",
-                                 args.vocab_size), ("--val-fraction", "val_fraction", args.val_fraction),
-                                 ("--preset", "preset", args.preset)):
-        if value is not None and field in run and run[field] != value:
-            refused.append(f"{option} {value} (the run has {run[field]})")
+    requested_vocab = run.get("vocab_size_requested", run.get("vocab_size"))
+    for option, value, has in (("--tokenizer", args.tokenizer, run.get("tokenizer")),
+                               ("--vocab-size", args.vocab_size, requested_vocab),
+                               ("--val-fraction", args.val_fraction, run.get("val_fraction")),
+                               ("--preset", args.preset, run.get("preset"))):
+        if value is not None and has is not None and has != value:
+            refused.append(f"{option} {value} (the run has {has})")
     return changes, refused
+
+
+def _memory_error(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, (MemoryError, OverflowError)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -171,6 +206,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (MemoryError, OverflowError, RuntimeError) as e:
+        if not _memory_error(e):
+            raise
+        sizes = " ".join(f"{option} {getattr(args, field)}" for option, (field, _, _) in
+                         {**MODEL_OPTIONS, **TRAIN_OPTIONS}.items() if field in SIZE_FIELDS and
+                         getattr(args, field) is not None)
+        first = (str(e).strip().splitlines() or ["too large"])[0][:120]
+        print(f"error: the model or the batch does not fit in memory ({type(e).__name__}: {first}); choose "
+              f"smaller sizes{' than ' + sizes if sizes else ''}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+SIZE_FIELDS = ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "grad_accum_steps")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _remove_if_unused(out: Path) -> None:
+    """A run refused before its first checkpoint leaves nothing behind: the folder this command
+    made (and still holds the lock of) goes again, with run.json in it; never a folder that
+    holds a checkpoint."""
+    import shutil
+    try:
+        if out.is_dir() and not (out / "checkpoint.pt").exists():
+            shutil.rmtree(out)
+    except OSError:
+        pass
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -186,11 +253,16 @@ def _train(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UsageError("--resume needs --out, the run directory to continue")
         out = Path(args.out)
-        if not (out / "checkpoint.pt").is_file():
-            raise UsageError(f"--resume: --out {out} holds no checkpoint.pt to continue")
+        checkpoint = out / "checkpoint.pt"
+        if not _is_file(checkpoint, "--out"):
+            what = "is not a file" if _exists(checkpoint) else "does not exist"
+            raise UsageError(f"--resume: {checkpoint} {what}: there is no checkpoint to continue")
         run = _read_run(out)
-        data = args.data if args.data is not None else run.get("data")   # the run's own text, unless given
-        text, name = _corpus(data)
+        if args.data is None and run["data"] is not None and not _exists(Path(run["data"])):
+            raise UsageError(f"the run's text {run['data']} (recorded in {out / RUN_FILE}) is gone; give it "
+                             f"with --data")
+        data = args.data if args.data is not None else run["data"]   # the run's own text, unless given
+        text, name = _corpus(data, "--data" if args.data is not None else f"the run's text (from {RUN_FILE})")
         digest = _sha256(text)
         if run.get("data_sha256") is not None and run["data_sha256"] != digest:
             what = f"--data {args.data}" if args.data is not None else f"{data or 'Tiny Shakespeare'} (from {RUN_FILE})"
@@ -202,18 +274,25 @@ def _train(args: argparse.Namespace) -> int:
                              f"tokens, one for each byte")
         if args.val_fraction is not None and not 0 < args.val_fraction < 1:
             raise UsageError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+        configs = _configs(args)                          # checked before anything is read or made on disk
         text, name = _corpus(args.data)
         out = Path(args.out) if args.out else Path("runs") / name
-        configs = _configs(args)                          # checked before anything is made on disk
     lock = None
+    created = not _exists(out)
     if master:                                        # under torchrun, process 0 writes, so it alone locks
         _check_out(out)
         try:
             lock = RunLock(out).acquire()
         except RunDirectoryLocked as e:
             raise UsageError(str(e)) from None
+        except OSError as e:                          # OUT/.lock is a folder, say
+            raise UsageError(f"--out {out}: cannot lock it ({e.strerror or e} on {out / '.lock'})") from None
     try:
         return _train_locked(args, out, text, name, master, run, configs)
+    except BaseException as e:
+        if lock is not None and created and (isinstance(e, UsageError) or _memory_error(e)):
+            _remove_if_unused(out)                    # refused before its first checkpoint: leave nothing
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -224,7 +303,7 @@ def _configs(args) -> tuple:
     The GPTConfig's vocab_size is a placeholder until the tokenizer is trained."""
     import dataclasses
 
-    from minillm.training import preset
+    from minillm.training import autocast_dtype, pick_device, preset
 
     try:
         model_config, train_config = preset(args.preset or "auto", 1)
@@ -232,9 +311,23 @@ def _configs(args) -> tuple:
         changes = _given(args, [f for f, _, _ in TRAIN_OPTIONS.values()])
         if args.compile is not None:
             changes["compile"] = args.compile
-        return model_config, dataclasses.replace(train_config, **changes)
+        train_config = dataclasses.replace(train_config, **changes)
+        autocast_dtype(pick_device(args.device, verbose=False), train_config.precision)   # bf16 on a CPU: no
+        return model_config, train_config
     except (TypeError, ValueError) as e:
         raise UsageError(_option_message(e)) from None
+
+
+def _split(ids, val_fraction: float, block_size: int, what: str):
+    """The train/validation split, or UsageError if either part is too short for one window."""
+    from minillm.corpus import train_val_split
+    n = len(ids)
+    n_val = int(n * val_fraction) if 0 < val_fraction < 1 else 0
+    if min(n_val, n - n_val) <= block_size:
+        raise UsageError(f"{what} gives {n:,} tokens: too few for a validation split of {val_fraction} with "
+                         f"--block-size {block_size} (each part needs more than {block_size}); use a longer text, a "
+                         f"smaller --block-size or another --val-fraction")
+    return train_val_split(ids, val_fraction)
 
 
 def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict | None, configs) -> int:
@@ -243,11 +336,11 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
 
     import torch
 
-    from minillm.corpus import atomic_write_bytes, train_val_split
+    from minillm.corpus import atomic_write_bytes
     from minillm.model import GPT
     from minillm.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
-    from minillm.training import (CheckpointError, Trainer, TrainingDiverged, load_checkpoint, plot_losses,
-                                  remove_stale_parts)
+    from minillm.training import CheckpointError, Trainer, TrainingDiverged, load_checkpoint, plot_losses, \
+        remove_stale_parts
 
     checkpoint = out / "checkpoint.pt"
     if master:
@@ -263,40 +356,49 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
         if refused:
             raise UsageError(f"--resume continues the run in {out} with its own settings, and these differ from "
                              f"it: {'; '.join(refused)}. Leave them out, or start a new run with another --out")
-        val_fraction = run.get("val_fraction", 0.1)
+        step = ckpt.get("step", 0)
+        if "max_steps" in changes and changes["max_steps"] < step:
+            raise UsageError(f"--max-steps {changes['max_steps']}: the run is already at step {step}")
         try:
             tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{checkpoint}: its tokenizer does not load: {e}") from None
+        try:
             ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-            train_ids, val_ids = train_val_split(ids, val_fraction)
+        except ValueError as e:
+            raise UsageError(f"the text does not fit this run's tokenizer, so it is not the run's text: {e}") from None
+        train_ids, val_ids = _split(ids, run["val_fraction"], ckpt["model_config"]["block_size"], "the text")
+        try:
             trainer = Trainer.resume(checkpoint, train_ids, val_ids, run_dir=out, device=args.device, ckpt=ckpt,
                                      changes=changes)
         except CheckpointError as e:
             raise UsageError(str(e)) from None
         except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"{checkpoint}: {_option_message(e)}") from None
+            raise UsageError(_option_message(e)) from None
         for field, value in changes.items():
             print(f"note: {OPTION_OF[field]} {value} applied (the run had {ckpt['train_config'].get(field)})")
-        if args.data is None and run.get("data_sha256") is None:
+        if run.get("data_sha256") is None:
             print(f"note: {out / RUN_FILE} records no SHA-256 of the text, so it could not be checked")
-        print(f"Resuming {checkpoint} at step {trainer.step} of {trainer.config.max_steps}")
+        print(f"Resuming {checkpoint} at step {trainer.step} of {trainer.config.max_steps} on "
+              f"{trainer.device}")
     else:
-        if checkpoint.exists():
+        if _exists(checkpoint):
             raise UsageError(f"--out {out} already holds a checkpoint; continue it with --resume, or choose another "
                              f"--out (nothing was overwritten)")
         vocab_size = args.vocab_size if args.vocab_size is not None else 512
         val_fraction = args.val_fraction if args.val_fraction is not None else 0.1
         model_config, train_config = configs
-        if (args.tokenizer or "char") == "char":
+        kind = args.tokenizer or "char"
+        if kind == "char":
             tokenizer = CharTokenizer(text)
         else:
             tokenizer = BPETokenizer().train(text, vocab_size)
+            if tokenizer.vocab_size < vocab_size:
+                print(f"note: --vocab-size {vocab_size}: this text has no more pairs to merge after "
+                      f"{tokenizer.vocab_size - 256} merges, so the vocabulary has {tokenizer.vocab_size} tokens")
         ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-        train_ids, val_ids = train_val_split(ids, val_fraction)
-        if min(len(train_ids), len(val_ids)) <= model_config.block_size:
-            raise UsageError(f"--data {args.data or name} gives {len(ids):,} tokens: too few for a validation split "
-                             f"of {val_fraction} with --block-size {model_config.block_size}; use a longer text or "
-                             f"a smaller --block-size")
+        train_ids, val_ids = _split(ids, val_fraction, model_config.block_size, f"--data {args.data or name}")
         print(f"{name}: {len(text):,} characters -> {len(ids):,} tokens ({type(tokenizer).__name__}, "
               f"vocabulary {tokenizer.vocab_size})")
         print(model_config)
@@ -308,15 +410,36 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
         except ValueError as e:
             raise UsageError(_option_message(e)) from None
         if master:
-            kind = args.tokenizer or "char"
             run = {"data": str(Path(args.data).resolve()) if args.data else None, "data_sha256": _sha256(text),
                    "tokenizer": kind, "vocab_size": tokenizer.vocab_size if kind == "bpe" else None,
+                   "vocab_size_requested": vocab_size if kind == "bpe" else None,
                    "val_fraction": val_fraction, "preset": args.preset or "auto",
                    "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
                    "command": sys.argv[1:]}
-            atomic_write_bytes(out / RUN_FILE, json.dumps(run, indent=2).encode("utf-8"))
+            try:
+                atomic_write_bytes(out / RUN_FILE, json.dumps(run, indent=2).encode("utf-8"))
+            except OSError as e:
+                raise UsageError(f"--out {out}: cannot write {RUN_FILE} ({e.strerror or e})") from None
+    start_step = trainer.step
     try:
         history = trainer.fit()
+        stopped = trainer.step < trainer.config.max_steps
+        if master and history:
+            plot_losses(history, path=out / "loss.png", title=name)
+            last = history[-1]
+            print(f"step {last['step']}: train loss {last['train_loss']:.4f}, validation loss "
+                  f"{last['val_loss']:.4f}" + (f", {trainer.tokens_per_second:,.0f} tokens/s"
+                                                if trainer.tokens_per_second else ""))
+            sampled_now = any(step == trainer.step for step, _ in trainer.samples)
+            if not stopped and trainer.step > start_step and not sampled_now:
+                sample = trainer.sample(max_new_tokens=300)
+                if sample is not None:
+                    trainer.record_sample(sample)
+                    print(f"--- sample ---\n{sample}\n---")
+            files = [f for f in ("checkpoint.pt", "best.pt", "loss.csv", "loss.png", "samples.txt")
+                     if (out / f).exists()]
+            print(f"run directory: {out} ({', '.join(files)})")
+            print(f"sample more:   python -m minillm sample --out {out}")
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         trainer.close()
@@ -325,19 +448,6 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
         print(f"error: writing to {out} failed: {e}; the last checkpoint written is kept", file=sys.stderr)
         trainer.close()
         return EXIT_FAILED
-    stopped = trainer.step < trainer.config.max_steps
-    if master and history:
-        plot_losses(history, path=out / "loss.png", title=name)
-        last = history[-1]
-        print(f"step {last['step']}: train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f}"
-              + (f", {trainer.tokens_per_second:,.0f} tokens/s" if trainer.tokens_per_second else ""))
-        if not stopped:
-            sample = trainer.sample(max_new_tokens=300)
-            if sample is not None:
-                trainer.record_sample(sample)
-                print(f"--- sample ---\n{sample}\n---")
-        print(f"run directory: {out} (checkpoint.pt, best.pt, loss.csv, loss.png, samples.txt)")
-        print(f"sample more:   python -m minillm sample --out {out}")
     stop_signal = trainer.stop_signal
     trainer.close()
     if stop_signal is not None:
@@ -347,24 +457,36 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
 
 # ---- sample -------------------------------------------------------------------------------
 
-SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
-ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.|$)", re.DOTALL)
+SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b",
+                  "f": "\f", "v": "\v"}
+ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{1,3}|N\{[^}]*\}|.|$)", re.DOTALL)
 
 
 def decode_escapes(text: str, option: str = "--prompt") -> str:
-    """Python's backslash escapes in text (\\n, \\t, \\r, \\\\, \\', \\", \\0, \\xHH, \\uHHHH,
-    \\UHHHHHHHH) turned into the characters they name; every other character, "café" too,
-    stays as it is. A malformed escape raises UsageError naming it and its position."""
+    """The backslash escapes of a Python string literal in text (\\n, \\t, \\r, \\\\, \\', \\",
+    \\a, \\b, \\f, \\v, octal \\0 to \\377, \\xHH, \\uHHHH, \\UHHHHHHHH, \\N{NAME}) turned into the
+    characters they name; every other character, "café" too, stays as it is (no detour
+    through Latin-1). A malformed escape raises UsageError naming it and its position."""
+    import unicodedata
+
     def one(m: re.Match) -> str:
         code = m.group(1)
         if code in SIMPLE_ESCAPES:
             return SIMPLE_ESCAPES[code]
-        if len(code) > 1:                                            # \xHH, \uHHHH, \UHHHHHHHH
+        if code[:1] in "01234567" and code:                          # octal, as Python: at most \377
+            if int(code, 8) <= 0o377:
+                return chr(int(code, 8))
+        elif code.startswith("N{") and code.endswith("}"):           # \N{LATIN SMALL LETTER E WITH ACUTE}
+            try:
+                return unicodedata.lookup(code[2:-1])
+            except KeyError:
+                pass
+        elif len(code) > 1:                                          # \xHH, \uHHHH, \UHHHHHHHH
             point = int(code[1:], 16)
             if point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF:
                 return chr(point)
         raise UsageError(f"{option} {text!r}: malformed escape {m.group(0)!r} at position {m.start()} (use \\n, \\t, "
-                         f"\\\\, \\xHH or \\uHHHH)")
+                         f"\\\\, \\xHH, \\uHHHH or \\N{{NAME}})")
     return ESCAPE.sub(one, text)
 
 
@@ -382,8 +504,13 @@ def _sample(args: argparse.Namespace) -> int:
     from minillm.generation import generate_text
     from minillm.training import CheckpointError, load_model, pick_device
 
-    path = Path(args.checkpoint) if args.checkpoint else Path(args.out) / "checkpoint.pt"
-    prompt = decode_escapes(args.prompt) if args.escapes else args.prompt
+    if args.checkpoint is not None:
+        if not args.checkpoint.strip():
+            raise UsageError(f"--checkpoint {args.checkpoint!r}: give the path of a checkpoint file")
+        path, option = Path(args.checkpoint), "--checkpoint"
+    else:
+        path, option = Path(args.out) / "checkpoint.pt", "--out"
+    prompt = decode_escapes(args.prompt) if args.escapes and args.prompt is not None else args.prompt
     try:
         device = pick_device(args.device, verbose=False)
     except ValueError as e:
@@ -391,9 +518,14 @@ def _sample(args: argparse.Namespace) -> int:
     try:
         model, tokenizer = load_model(path, device=device)
     except CheckpointError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{option}: {e}") from None
     if tokenizer is None:
-        raise UsageError(f"{path} holds no tokenizer, so its ids cannot be turned into text")
+        raise UsageError(f"{option}: {path} holds no tokenizer, so its ids cannot be turned into text")
+    if prompt is None:                          # a newline, or the first token of a text without newlines
+        try:
+            prompt = "\n" if tokenizer.encode("\n") else tokenizer.decode([0])
+        except ValueError:
+            prompt = tokenizer.decode([0])
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
     try:
         for i in range(args.num_samples):
@@ -401,7 +533,7 @@ def _sample(args: argparse.Namespace) -> int:
                                  top_k=args.top_k, top_p=args.top_p, generator=generator)
             print(text if args.num_samples == 1 else f"--- sample {i + 1} ---\n{text}")
     except ValueError as e:
-        raise UsageError(f"--prompt {prompt!r}: {e}" if "prompt" not in str(e) else str(e)) from None
+        raise UsageError(f"--prompt {prompt!r}: {e}") from None
     return 0
 
 
@@ -425,49 +557,26 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return text
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+def _checked(kind, ok, what: str):
+    """An argparse type: the text as an int or a finite float, refused unless ok(value), with a
+    message that says what it must be."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (kind is int or math.isfinite(value)) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text if kind is float else value}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {2**32 - 1}, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0 means greedy), got {value}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    value = _float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
+_int = _checked(int, lambda v: abs(v) < 2**63, "below 2**63 (what a tensor's size can hold)")
+_positive_int = _checked(int, lambda v: 1 <= v < 2**63, "at least 1 (and below 2**63)")
+_seed = _checked(int, lambda v: 0 <= v <= 2**32 - 1, f"an integer from 0 to {2**32 - 1}")
+_float = _checked(float, lambda v: True, "a finite number")
+_temperature = _checked(float, lambda v: v >= 0, ">= 0 (0 means greedy)")
+_top_p = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 OPTION_TYPES = {int: _int, float: _float, str: str, None: _seed}
@@ -532,9 +641,11 @@ def main(argv=None) -> int:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="DIR", default="runs/tinyshakespeare", help="the run directory to sample from")
     where.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file, instead of --out (OUT/best.pt, say)")
-    p.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    p.add_argument("--prompt", default=None,
+                   help="the text to continue (default: a newline, or the first token of a vocabulary without one)")
     p.add_argument("--escapes", action="store_true",
-                   help="read Python's backslash escapes in --prompt: \\n a newline, \\t a tab, \\uHHHH a character")
+                   help="read the backslash escapes of a Python string in --prompt: \\n a newline, \\t a tab, "
+                        "\\uHHHH or \\N{NAME} a character")
     p.add_argument("--tokens", type=_positive_int, default=500, help="how many tokens to write")
     p.add_argument("--num-samples", type=_positive_int, default=1, help="how many samples")
     p.add_argument("--temperature", type=_temperature, default=0.8,
@@ -547,7 +658,12 @@ def main(argv=None) -> int:
     p.set_defaults(run=cmd_sample)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:                      # Ctrl-C before training began, or a second one during it
+        print("error: interrupted (Ctrl-C); a checkpoint is written only by the first Ctrl-C during training",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -78,16 +78,18 @@ def estimate_loss(model: nn.Module, splits: dict, batch_size: int, block_size: i
     was_training = model.training
     model.eval()
     out = {}
-    for name, data in splits.items():
-        generator = torch.Generator().manual_seed(seed)
-        total = 0.0
-        for _ in range(eval_iters):
-            x, y = get_batch(data, batch_size, block_size, generator)
-            with autocast(data.device.type, dtype):
-                _, loss = model(x, y)
-            total += loss.item()
-        out[name] = total / eval_iters
-    model.train(was_training)
+    try:
+        for name, data in splits.items():
+            generator = torch.Generator().manual_seed(seed)
+            total = 0.0
+            for _ in range(eval_iters):
+                x, y = get_batch(data, batch_size, block_size, generator)
+                with autocast(data.device.type, dtype):
+                    _, loss = model(x, y)
+                total += loss.item()
+            out[name] = total / eval_iters
+    finally:                                     # also when interrupted (Ctrl-C during an estimate)
+        model.train(was_training)
     return out
 
 
@@ -227,11 +229,12 @@ def nonfinite_tensors(state: dict) -> list:
 
 
 def save_checkpoint(path, model: GPT, optimizer=None, step: int = 0, train_config=None, tokenizer=None,
-                    rng: dict | None = None, history: list | None = None, timing: dict | None = None) -> Path:
+                    rng: dict | None = None, history: list | None = None, timing: dict | None = None,
+                    best_val_loss: float | None = None) -> Path:
     """Write a checkpoint to path atomically: a reader (or a crash) sees the old file or the
     new one, never half of one. Holds the GPTConfig and weights, the optimizer state, the
-    step, the TrainConfig, the tokenizer, RNG states, the loss history and the time spent,
-    serialised once and stored with its SHA-256, which load_checkpoint verifies. Weights
+    step, the TrainConfig, the tokenizer, RNG states, the loss history, the time spent and
+    the lowest validation loss of the run's saves (best.pt's), serialised once and stored with its SHA-256, which load_checkpoint verifies. Weights
     that hold a nan or an inf raise ValueError and write nothing: a diverged model never
     replaces a good checkpoint."""
     state = model.state_dict()
@@ -249,6 +252,7 @@ def save_checkpoint(path, model: GPT, optimizer=None, step: int = 0, train_confi
         "rng": rng,
         "history": history or [],
         "timing": timing or {},
+        "best_val_loss": best_val_loss,
     }
     payload = io.BytesIO()
     torch.save(inner, payload)
@@ -279,10 +283,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     is checked against the one stored with it, so a flipped bit is caught. A missing,
     truncated, damaged or foreign file raises CheckpointError, which says which."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    with open(path, "rb") as f:
-        magic = f.read(len(ZIP_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except OSError as e:                          # a folder, a name too long, no permission
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: {e.strerror or e}") from None
     if not magic:
         raise CheckpointError(f"{path} is empty: not a minillm checkpoint (damaged, or a copy that never finished)")
     if magic != ZIP_MAGIC:
@@ -440,6 +447,11 @@ class TrainingDiverged(RuntimeError):
 
 class RunDirectoryLocked(RuntimeError):
     """Another process is training in this run directory."""
+
+
+class _StopNow(Exception):
+    """Raised by the stop-signal handler inside a loss estimate or a sample, which can take
+    long: the stop skips it instead of waiting for it to finish."""
 
 
 _held_locks = {}   # run directory -> [open lock file, how many holders in this process]
@@ -614,6 +626,8 @@ class Trainer:
         self.tokens_per_second = None
         self.peak_flops = peak_flops(self.device)  # for MFU on a known GPU; None elsewhere
         self.saved_step = None         # the step of the last checkpoint written
+        self.best_val_loss = None      # the lowest validation loss among the checkpoints written (best.pt)
+        self._interruptible = False    # inside a loss estimate or a sample: a stop signal ends it at once
         self.stop_signal = None        # the signal (signal.SIGINT or SIGTERM) that stopped the last fit, if one did
         self._stop = False
         self._append_samples = False   # a resumed run adds to samples.txt; a new one starts it
@@ -649,7 +663,7 @@ class Trainer:
                 else ""
             raise TrainingDiverged(f"training diverged at step {self.step + 1}: the loss is {loss_value} and the gradient "
                                    f"norm {norm_value} at learning rate {self.lr():.3g}; stopped before the update, "
-                                   f"so no weight took a nan{where}. Try a lower learning rate")
+                                   f"so no weight took a nan{where}. Start again with a lower learning rate")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -676,10 +690,12 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         was_training = self.model.training
         self.model.eval()
-        with autocast(self.device.type, self.dtype):
-            text = generate_text(self.model, self.tokenizer, prompt, max_new_tokens or self.config.sample_tokens,
-                                 temperature=temperature, top_k=top_k, generator=generator)
-        self.model.train(was_training)
+        try:
+            with autocast(self.device.type, self.dtype):
+                text = generate_text(self.model, self.tokenizer, prompt, max_new_tokens or self.config.sample_tokens,
+                                     temperature=temperature, top_k=top_k, generator=generator)
+        finally:
+            self.model.train(was_training)
         return text
 
     def fit(self) -> list:
@@ -766,6 +782,8 @@ class Trainer:
                 raise SystemExit(128 + signum)
             self._stop, self.stop_signal = True, signum
             tqdm.write(f"{name}: stopping after this step and saving a checkpoint (send it again to stop at once)")
+            if self._interruptible:                           # a loss estimate or a sample: skip the rest of it
+                raise _StopNow
         old = {}
         for name in STOP_SIGNALS:
             signum = getattr(signal, name, None)
@@ -775,13 +793,21 @@ class Trainer:
         return old
 
     def _evaluate(self) -> None:
-        losses = self.estimate_loss()
+        """A loss estimate, added to history (and to the callbacks); skipped if a stop signal
+        arrives while it runs."""
+        try:
+            self._interruptible = True
+            losses = self.estimate_loss()
+        except _StopNow:
+            return
+        finally:
+            self._interruptible = False
         if not all(math.isfinite(v) for v in losses.values()):
             where = f"; the checkpoint in {self.run_dir} holds step {self.saved_step}" if self.saved_step is not None \
                 else ""
             raise TrainingDiverged(f"training diverged by step {self.step}: the loss estimate is {losses} at learning "
-                                   f"rate {self.lr(max(self.step - 1, 0)):.3g}; nothing was saved{where}. Try a lower "
-                                   f"learning rate")
+                                   f"rate {self.lr(max(self.step - 1, 0)):.3g}; nothing was saved{where}. Start again "
+                                   f"with a lower learning rate")
         row = {"step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
                "lr": self.lr(max(self.step - 1, 0)), "tokens": self.step * self.tokens_per_step,
                "seconds": round(self.seconds, 3), "train_seconds": round(self.train_seconds, 3)}
@@ -793,7 +819,13 @@ class Trainer:
                 callback.on_eval(self, row)
 
     def _sample_and_log(self, bar) -> None:
-        text = self.sample()
+        try:
+            self._interruptible = True
+            text = self.sample()
+        except _StopNow:
+            return
+        finally:
+            self._interruptible = False
         if text is not None:
             self.record_sample(text)
             bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
@@ -834,15 +866,16 @@ class Trainer:
             return None
         path = Path(path) if path is not None else self.run_dir / "checkpoint.pt"
         save_checkpoint(path, self.model, self.optimizer, self.step, self.config, self.tokenizer, rng, self.history,
-                        {"seconds": self.seconds, "train_seconds": self.train_seconds})
+                        {"seconds": self.seconds, "train_seconds": self.train_seconds}, self.best_val_loss)
         self.saved_step = self.step
         if self.run_dir is not None:
             write_loss_csv(self.run_dir / "loss.csv", self.history)
             last = self.history[-1] if self.history else None
             if last is not None and last["step"] == self.step and \
-                    last["val_loss"] <= min(row["val_loss"] for row in self.history):
+                    (self.best_val_loss is None or last["val_loss"] <= self.best_val_loss):
                 save_checkpoint(self.run_dir / "best.pt", self.model, None, self.step, self.config, self.tokenizer,
-                                history=self.history)
+                                history=self.history, best_val_loss=last["val_loss"])
+                self.best_val_loss = last["val_loss"]
         return path
 
     def load_state(self, ckpt: dict) -> None:
@@ -867,6 +900,7 @@ class Trainer:
         timing = ckpt.get("timing") or {}
         self.seconds, self.train_seconds = timing.get("seconds", 0.0), timing.get("train_seconds", 0.0)
         self.saved_step = self.step
+        self.best_val_loss = ckpt.get("best_val_loss")
         self._append_samples = True                   # the samples of the earlier part stay in samples.txt
 
     @classmethod
@@ -886,12 +920,18 @@ class Trainer:
             raise ValueError(f"resume cannot change {', '.join(refused)}: that would not continue the same run "
                              f"(it can change {', '.join(RESUME_CHANGEABLE)})")
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(f"{path} holds no optimizer state (a best.pt, or weights saved alone): it can be "
+                                  f"sampled from, but a resumed run would not continue the same training")
         model = model_from_checkpoint(ckpt, path)          # CheckpointError if it does not fit or is not finite
         try:
             config = TrainConfig(**ckpt["train_config"])
             tokenizer = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its training settings or tokenizer do not load: {e}") from None
+        if "max_steps" in changes and changes["max_steps"] <= config.warmup_steps:
+            raise ValueError(f"max_steps={changes['max_steps']}: the run warms up for {config.warmup_steps} steps, so "
+                             f"it must end after that")
         config = dataclasses.replace(config, **changes)
         trainer = cls(model, train_data, val_data, config, tokenizer, run_dir=run_dir or Path(path).parent,
                       device=device, verbose=verbose, callbacks=callbacks)

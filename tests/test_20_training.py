@@ -715,7 +715,8 @@ def minillm_main(argv, capsys=None):
 
 
 def one_line_usage_error(done, *needles):
-    lines = done.err.strip().splitlines()
+    # the error is one line; a progress bar that had started (tqdm writes to stderr) may come before it
+    lines = [line for line in done.err.strip().splitlines() if not line.startswith("training:")]
     assert done.code == 2, (done.code, done.err)
     assert len(lines) == 1 and lines[0].startswith("error: "), done.err
     for needle in needles:
@@ -796,7 +797,7 @@ def test_cli_resume_refuses_a_checkpoint_whose_model_does_not_fit(tmp_path, quic
     ckpt = load_checkpoint(run / "checkpoint.pt")
     model = GPT(GPTConfig(**ckpt["model_config"]))
     write_v1_checkpoint(run / "checkpoint.pt", model, model_config={**ckpt["model_config"], "n_layer": 3},
-                        tokenizer=ckpt["tokenizer"])
+                        tokenizer=ckpt["tokenizer"], optimizer=ckpt["optimizer"])
     one_line_usage_error(minillm_main(["train", "--out", str(run), "--resume", "--max-steps", "10"]),
                          "does not load")
 
@@ -863,3 +864,132 @@ def test_cli_stops_on_a_signal_saves_and_exits_with_its_code(tmp_path, small_tex
     assert 0 <= step < 100000
     more = minillm_main(["train", "--out", str(out), "--resume", "--max-steps", str(step + 2), "--device", "cpu"])
     assert more.code == 0 and load_checkpoint(out / "checkpoint.pt")["step"] == step + 2, more.err
+
+
+# ---- found by a hostile pass over the command line
+
+def test_a_stop_signal_during_a_loss_estimate_ends_it_and_saves(tmp_path):
+    """A loss estimate can take long (eval_iters large, a big model on a CPU); a SIGTERM arriving
+    inside it must not wait for it: fit skips the estimate, saves and returns."""
+    import threading
+    config = dataclasses.replace(FAST, eval_iters=1_000_000)            # an estimate of many minutes
+    trainer = tiny_trainer(tmp_path, config)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        trainer.fit()
+    finally:
+        timer.cancel()
+    assert trainer.stop_signal == signal.SIGTERM and trainer.step == 0 and trainer.history == []
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 0 and trainer.model.training
+
+
+def test_best_pt_is_the_lowest_validation_loss_among_the_saves(tmp_path):
+    trainer = tiny_trainer(tmp_path, dataclasses.replace(FAST, eval_interval=3))
+    trainer.fit()
+    saved = [row for row in trainer.history if row["step"] > 0]          # step 0 is measured, not saved
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best_val_loss"] == min(row["val_loss"] for row in saved) == trainer.best_val_loss
+    assert best["step"] == min(saved, key=lambda row: row["val_loss"])["step"]
+    data = ids()
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        Trainer.resume(tmp_path / "best.pt", data[:2500], data[2500:], device="cpu", verbose=False)
+
+
+def test_cli_more_one_line_errors_and_nothing_left_behind(tmp_path, small_text):
+    train = ["train", "--preset", "quick", "--device", "cpu", "--max-steps", "10", "--data", str(small_text)]
+    one_line_usage_error(minillm_main(train + ["--out", str(tmp_path / "a"), "--val-fraction", "1e-9"]),
+                         "too few for a validation split of 1e-09")
+    one_char = tmp_path / "one.txt"
+    one_char.write_text("x")
+    one_line_usage_error(minillm_main(["train", "--preset", "quick", "--data", str(one_char), "--out",
+                                       str(tmp_path / "b")]), "gives 1 tokens")
+    long_name = tmp_path / ("x" * 300)
+    one_line_usage_error(minillm_main(train + ["--out", str(long_name)]), "--out", "File name too long")
+    one_line_usage_error(minillm_main(["sample", "--out", str(long_name)]), "File name too long")
+    one_line_usage_error(minillm_main(["sample", "--checkpoint", ""]), "--checkpoint ''")
+    locked = tmp_path / "locked"
+    (locked / ".lock").mkdir(parents=True)
+    one_line_usage_error(minillm_main(train + ["--out", str(locked)]), f"--out {locked}: cannot lock it")
+    one_line_usage_error(minillm_main(train + ["--out", str(tmp_path / "c"), "--batch-size", str(10**30)]),
+                         "--batch-size: must be below 2**63", f"got {10**30}")
+    one_line_usage_error(minillm_main(train + ["--out", str(tmp_path / "c"), "--batch-size", str(10**10)]),
+                         "does not fit in memory", f"--batch-size {10**10}")
+    one_line_usage_error(minillm_main(train + ["--out", str(tmp_path / "d"), "--block-size", "100000"]),
+                         "--block-size 100000")
+    one_line_usage_error(minillm_main(train + ["--out", str(tmp_path / "e"), "--precision", "bf16"]),
+                         "--precision")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    one_line_usage_error(minillm_main(["train", "--data", str(fifo), "--out", str(tmp_path / "f")]),
+                         f"--data {fifo} is not a regular file")
+    for made in "abcdef":
+        assert not (tmp_path / made).exists(), made          # a refused run leaves no folder behind
+
+
+def test_cli_write_failures_after_training_are_one_line(tmp_path, small_text):
+    out = tmp_path / "run"
+    (out / "loss.png").mkdir(parents=True)                   # the final plot cannot be written
+    done = minillm_main(["train", "--data", str(small_text), "--out", str(out), "--preset", "quick", "--device",
+                         "cpu", "--max-steps", "8", "--eval-interval", "4"])
+    assert done.code == 1 and done.err.strip().splitlines()[-1].startswith(f"error: writing to {out} failed")
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 8
+
+
+def test_cli_resume_messages_name_what_is_wrong(tmp_path, small_text, quick_run):
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    resume = ["train", "--out", str(run), "--resume", "--device", "cpu"]
+    one_line_usage_error(minillm_main(resume + ["--max-steps", "4"]), "--max-steps 4", "already at step 6")
+    one_line_usage_error(minillm_main(resume + ["--max-steps", "7", "--warmup-steps", "9"]), "--warmup-steps 9")
+    record = json.loads((run / "run.json").read_text())
+    for damage, needle in [({"val_fraction": "0.1"}, "'val_fraction' must be"), ({"data": 5}, "'data' must be"),
+                           ({"tokenizer": None}, "'tokenizer' must be")]:
+        (run / "run.json").write_text(json.dumps({**record, **damage}))
+        one_line_usage_error(minillm_main(resume + ["--max-steps", "8"]), "run.json is damaged", needle)
+    (run / "run.json").write_text("{}")
+    one_line_usage_error(minillm_main(resume + ["--max-steps", "8"]), "run.json is damaged", "no 'data'")
+    moved = tmp_path / "moved.txt"
+    shutil.copy(small_text, moved)
+    (run / "run.json").write_text(json.dumps({**record, "data": str(moved)}))
+    moved.unlink()
+    one_line_usage_error(minillm_main(resume + ["--max-steps", "8"]), f"the run's text {moved}", "give it with --data")
+    done = minillm_main(resume + ["--max-steps", "8", "--data", str(small_text)])
+    assert done.code == 0, done.err
+
+
+def test_cli_bpe_vocabulary_capped_by_the_text_is_said_and_resumes(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abcabd " * 2000)
+    out = tmp_path / "run"
+    done = minillm_main(["train", "--data", str(text), "--tokenizer", "bpe", "--vocab-size", "5000", "--out", str(out),
+                         "--preset", "quick", "--device", "cpu", "--max-steps", "6", "--block-size", "8"])
+    assert done.code == 0, done.err
+    assert "note: --vocab-size 5000" in done.out
+    again = minillm_main(["train", "--out", str(out), "--resume", "--tokenizer", "bpe", "--vocab-size", "5000",
+                          "--max-steps", "8", "--device", "cpu"])
+    assert again.code == 0, again.err
+
+
+def test_cli_samples_are_not_repeated_and_sample_needs_no_newline(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 400)                # no newline in the vocabulary
+    out = tmp_path / "run"
+    train = ["train", "--data", str(text), "--out", str(out), "--preset", "quick", "--device", "cpu"]
+    assert minillm_main(train + ["--max-steps", "20"]).code == 0          # the quick preset samples at 20
+    again = minillm_main(["train", "--out", str(out), "--resume", "--device", "cpu"])   # finished: nothing to do
+    assert again.code == 0, again.err
+    headers = [line for line in (out / "samples.txt").read_text().splitlines() if line.startswith("===")]
+    assert headers == ["=== step 20 ==="]
+    done = minillm_main(["sample", "--out", str(out), "--tokens", "5"])
+    assert done.code == 0 and done.out.startswith(" "), done.err         # token 0: a space
+
+
+def test_cli_ctrl_c_outside_training_is_one_line(monkeypatch):
+    import minillm.__main__ as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_data", interrupted)
+    done = minillm_main(["data"])
+    assert done.code == 130 and done.err.strip().splitlines() == [done.err.strip()] and "interrupted" in done.err
