@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["check", "Close", "Raises", "Holds", "Result", "results"]
+__all__ = ["check", "Close", "Raises", "Holds", "Result", "results", "stale_exports", "check_package"]
 
 NOT_DONE, PASSED, FAILED = "not done", "passed", "failed"
 
@@ -67,14 +67,22 @@ class Result:
 results: list[Result] = []
 
 
-def _show(value: Any, width: int = 300) -> str:
+def _show(value: Any, width: int = 200) -> str:
+    """A short account of a value for a verdict: never a whole tensor, never a function's repr."""
     if isinstance(value, Raises):
         return value.error.__name__ + (f" mentioning {value.match!r}" if value.match else "")
+    if isinstance(value, Holds):
+        return value.what
     if isinstance(value, Close):
         value = value.value
-    text = repr(value)
     if isinstance(value, torch.Tensor):
-        text = f"{text}  (shape {tuple(value.shape)}, {value.dtype})"
+        flat = value.detach().flatten()
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else repr(v) for v in flat[:6].tolist())
+        more = ", ..." if flat.numel() > 6 else ""
+        return f"a tensor of shape {tuple(value.shape)}, {value.dtype}: [{shown}{more}]"
+    if callable(value) and not isinstance(value, type):
+        return f"a function ({getattr(value, '__name__', type(value).__name__)})"
+    text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -170,3 +178,61 @@ def _finish(result: Result, quiet: bool) -> None:
     results.append(result)
     if not quiet:
         print(result.report)
+
+
+# ----------------------------------------------------------------------------- a stale package
+
+def _normalise(code: str) -> str:
+    return "\n".join(line.rstrip() for line in code.strip().splitlines())
+
+
+def stale_exports(module, cells=None) -> list[str]:
+    """The names defined by `#| export` cells run in this kernel that the module's file does
+    not hold as they were run: cells edited since the last `make export`. cells: the sources
+    of the cells run, oldest first (default: this IPython kernel's input history, `In`); for
+    each name the latest definition counts."""
+    import ast
+    from pathlib import Path
+
+    if cells is None:
+        try:
+            cells = get_ipython().user_ns.get("In", [])   # noqa: F821 (defined in IPython)
+        except NameError:                                  # not in IPython: nothing was run here
+            return []
+    latest = {}
+    for source in cells:
+        if not source.lstrip().startswith("#| export"):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                continue                                   # imports and the module docstring
+            for name in names:
+                latest[name] = ast.get_source_segment(source, node)
+    held = _normalise(Path(module.__file__).read_text(encoding="utf-8"))
+    return [name for name, code in latest.items() if _normalise(code) not in held]
+
+
+def check_package(name: str, cells=None) -> bool:
+    """Say whether minillm.<name> holds this notebook's `#| export` cells as they were run:
+    the cells after it import the package, so an edited cell takes effect only after
+    `make export` and a kernel restart. Returns True when it is current."""
+    import importlib
+
+    module = importlib.import_module(f"minillm.{name}")
+    stale = stale_exports(module, cells)
+    if stale:
+        print(f"minillm.{name} is older than the cells you ran: {', '.join(stale)} changed. The cells below "
+              f"import the package and still use the old code: run `make export` in a terminal, then restart "
+              f"the kernel.")
+        return False
+    print(f"minillm.{name} holds the exported cells as they ran here.")
+    return True

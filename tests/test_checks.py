@@ -46,3 +46,32 @@ def test_failures_say_what_was_expected(capsys):
                      "ZeroDivisionError", "expected more than 3",
                      "largest difference at index [1, 1]: expected 4, got 9", "expected: KeyError\n"):
         assert expected in out, expected
+
+
+def test_verdicts_never_dump_a_tensor_or_a_function(capsys):
+    big = torch.arange(1000.0)
+    result, out = verdict([
+        ("holds that raises", lambda: 1 / 0, Holds(lambda x: x > 3, "more than 3")),
+        ("big tensor", lambda: big + 1, big),
+    ], capsys)
+    assert result.status == checks.FAILED
+    assert "<lambda>" not in out and "<function" not in out and "expected: more than 3" in out
+    assert "a tensor of shape (1000,), torch.float32: [1, 2, 3, 4, 5, 6, ...]" in out
+    assert "999." not in out                                   # the tail of the tensor is not printed
+
+
+def test_stale_exports_finds_cells_edited_since_the_export(capsys):
+    import json
+    import minillm.corpus as corpus
+    from course import ROOT
+    nb = json.loads((ROOT / "notebooks" / "01_big_picture.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert checks.stale_exports(corpus, cells) == []
+    assert checks.check_package("corpus", cells) and "holds the exported cells" in capsys.readouterr().out
+    edited = cells + [next(c for c in cells if "def sha256_of" in c).replace("1 << 20", "1 << 16")]
+    assert checks.stale_exports(corpus, edited) == ["sha256_of"]
+    assert not checks.check_package("corpus", edited)
+    out = capsys.readouterr().out
+    assert "sha256_of changed" in out and "make export" in out
+    assert checks.stale_exports(corpus, edited + cells) == []          # run again as exported: current
+    assert checks.stale_exports(corpus) == []                          # outside IPython: nothing was run

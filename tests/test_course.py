@@ -27,6 +27,20 @@ def test_imports_follow_the_course_order():
     assert course.import_problems() == []
 
 
+def test_every_exported_module_class_is_in_the_gpt_or_named_in_the_lessons_class_line():
+    assert course.class_line_problems() == []
+
+
+def test_class_line_check_can_fail(scratch_course):
+    path = scratch_course / "notebooks" / "14_residual.ipynb"
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown" and course.IN_THE_GPT in course.source(cell):
+            cell["source"] = course.source(cell).replace("`PreNormResidual`", "the residual class")
+    path.write_text(course.nb_text(nb))
+    assert any("the GPT does not use `PreNormResidual`" in p for p in course.class_line_problems())
+
+
 def test_every_lesson_has_its_five_files():
     for nb in course.lessons("notebooks"):
         stem = nb.stem
@@ -115,6 +129,8 @@ def test_exercise_folds_the_hint_away_and_the_stub_raises():
     (lambda nb: next(c for c in nb["cells"] if c.get("outputs")).update(execution_count=None), "outputs without an execution count"),
     (lambda nb: next(c for c in nb["cells"] if c["cell_type"] == "code").update(execution_count=99), "execution count 99"),
     (lambda nb: nb["cells"][0].update(source=["see /home/someone/data.txt"]), "absolute path"),
+    (lambda nb: [c for c in nb["cells"] if c["cell_type"] == "code"][3].update(
+        source=["torch.set_num_threads(1)\n", "x = 1"]), "set_num_threads at the top level"),
 ])
 def test_lint_catches_a_broken_notebook(scratch_course, breakage, message):
     path = scratch_course / "notebooks" / "01_big_picture.ipynb"

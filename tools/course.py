@@ -398,6 +398,13 @@ def clean_metadata(meta: dict) -> dict:
     }
 
 
+# process-wide settings that a lesson must put back: flagged when set at a cell's top level, unless the
+# cell puts it back in a `finally:` (an indented call of the same function), or it is the first code
+# cell, where a lesson may choose its environment up front, for all its cells
+PROCESS_SETTING = re.compile(r"^(torch\.(?:set_num_threads|set_flush_denormal|set_default_dtype|"
+                             r"set_num_interop_threads|use_deterministic_algorithms))\(")
+
+
 def lint_notebook(path: Path, executed: bool) -> list[str]:
     """executed=True: every code cell ran, in order 1, 2, 3... from a fresh kernel.
     executed=False: no outputs and no execution counts at all."""
@@ -408,6 +415,7 @@ def lint_notebook(path: Path, executed: bool) -> list[str]:
     if kernel != "python3":
         problems.append(f"{rel}: kernel is {kernel!r}, not the standard 'python3'")
     count = 0
+    first_code = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"), None)
     for i, cell in enumerate(nb["cells"]):
         where = f"{rel} cell {i}"
         text = source(cell)
@@ -415,6 +423,12 @@ def lint_notebook(path: Path, executed: bool) -> list[str]:
             problems.append(f"{where}: source holds an absolute path ({ABSOLUTE_PATH.search(text).group(0)}...)")
         if cell["cell_type"] != "code":
             continue
+        for line in text.split("\n"):
+            m = PROCESS_SETTING.match(line)
+            restored = "finally:" in text and re.search(rf"^\s+{re.escape(m.group(1))}\(", text, re.M) if m else False
+            if m and i != first_code and not restored:   # the set-up cell may choose the lesson's environment
+                problems.append(f"{where}: {m.group(1)} at the top level changes the whole kernel for every later "
+                                f"cell; set it inside a try/finally (or a with block) that puts it back")
         outputs, n = cell.get("outputs", []), cell.get("execution_count")
         for out in outputs:
             if out.get("output_type") == "error":
@@ -447,6 +461,55 @@ def lint() -> list[str]:
     names = {f: {p.name for p in lessons(f)} for f in LESSON_DIRS}
     for n in names["notebooks"] ^ names["solutions"]:
         problems.append(f"{n}: a lesson needs both notebooks/{n} and solutions/{n}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- the line of classes
+
+IN_THE_GPT = "**In the GPT:**"
+
+
+def gpt_module_types() -> set:
+    """The classes of the modules a GPT is made of (lesson 17's GPT, every part of it)."""
+    sys.path.insert(0, str(ROOT))
+    from minillm.model import GPT, GPTConfig
+    model = GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=2, n_embd=8))
+    return {type(m) for m in model.modules()}
+
+
+def class_line_problems() -> list[str]:
+    """Each lesson whose module exports nn.Module classes says in one markdown line that starts
+    with **In the GPT:** what of it the GPT uses; every exported class the GPT is not made of
+    must be named there (in backticks), so that no learner takes a teaching class for the
+    real one."""
+    import importlib
+    import inspect
+
+    import torch.nn as nn
+
+    used = gpt_module_types()
+    problems = []
+    for nb_path in lessons("notebooks"):
+        module = build_module(nb_path)
+        if module is None:
+            continue
+        names = public_names(module.text)
+        mod = importlib.import_module(f"minillm.{module.name}")
+        classes = [n for n in names if inspect.isclass(getattr(mod, n, None)) and issubclass(getattr(mod, n), nn.Module)]
+        if not classes:
+            continue
+        lines = [line for cell in read_nb(nb_path)["cells"] if cell["cell_type"] == "markdown"
+                 for line in source(cell).split("\n") if line.lstrip("#-* ").startswith(IN_THE_GPT.strip("*"))
+                 or IN_THE_GPT in line]
+        rel = f"notebooks/{nb_path.name}"
+        if len(lines) != 1:
+            problems.append(f"{rel}: needs one markdown line starting with {IN_THE_GPT} (what of "
+                            f"{', '.join(classes)} the GPT uses), found {len(lines)}")
+            continue
+        for name in classes:
+            if getattr(mod, name) not in used and f"`{name}`" not in lines[0]:
+                problems.append(f"{rel}: the GPT does not use `{name}`; its {IN_THE_GPT} line must name it and "
+                                f"say what the GPT uses instead")
     return problems
 
 
