@@ -8,9 +8,9 @@ Change the notebook and run `make export` again.
 
 __all__ = [
     'TINY_SHAKESPEARE_URL', 'TINY_SHAKESPEARE_SHA256', 'TINY_SHAKESPEARE_FILE',
-    'CorpusError', 'data_dir', 'sha256_of', 'atomic_write_bytes', 'fsync_dir',
-    'download', 'corpus_path', 'tiny_shakespeare', 'train_val_split', 'bigram_counts',
-    'bigram_loss',
+    'CorpusError', 'train_val_split', 'bigram_counts', 'bigram_loss', 'data_dir',
+    'sha256_of', 'atomic_write_bytes', 'fsync_dir', 'download', 'corpus_path',
+    'tiny_shakespeare',
 ]
 
 import hashlib
@@ -31,6 +31,38 @@ class CorpusError(RuntimeError):
     """The corpus is missing, damaged, or could not be downloaded."""
 
 
+def train_val_split(data, val_fraction: float = 0.1):
+    """The first (1 - val_fraction) of `data` for training, the rest for validation.
+
+    Works on anything that slices: a string, a list, a tensor. The split is contiguous,
+    not shuffled, so no validation text leaks into training through overlapping windows.
+    train_val_split("abcdefghij", 0.2) -> ("abcdefgh", "ij")"""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    n = int(round(len(data) * (1.0 - val_fraction)))
+    if n == 0 or n == len(data):
+        raise ValueError(f"cannot split {len(data)} items with val_fraction={val_fraction}: one part would be empty")
+    return data[:n], data[n:]
+
+
+def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """counts[i, j] = how often id j follows id i in `ids`.
+    bigram_counts(tensor([0, 1, 0, 1]), 2) -> [[0, 2], [1, 0]]"""
+    ids = torch.as_tensor(ids).long()
+    pairs = ids[:-1] * vocab_size + ids[1:]                          # one number per (current, next) pair
+    return torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
+
+
+def bigram_loss(counts: torch.Tensor, ids: torch.Tensor, smoothing: float = 1.0) -> float:
+    """Average -ln p(next | current) over `ids` in nats, with p from `counts` plus
+    `smoothing` added to every cell."""
+    if smoothing < 0:
+        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+    probs = (counts.double() + smoothing) / (counts.double() + smoothing).sum(dim=1, keepdim=True)
+    ids = torch.as_tensor(ids).long()
+    return -probs[ids[:-1], ids[1:]].log().mean().item()
+
+
 def data_dir() -> Path:
     """Where the corpus is cached: $MINILLM_DATA if set, else $XDG_CACHE_HOME/minillm
     (by default ~/.cache/minillm)."""
@@ -41,6 +73,7 @@ def data_dir() -> Path:
 
 
 def sha256_of(path) -> str:
+    """The SHA-256 of a file, read in blocks of 1 MB."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -127,35 +160,3 @@ def corpus_path(offline: bool | None = None, url: str = TINY_SHAKESPEARE_URL) ->
 def tiny_shakespeare(offline: bool | None = None) -> str:
     """The whole corpus as one string (1,115,394 characters)."""
     return corpus_path(offline).read_text(encoding="utf-8")
-
-
-def train_val_split(data, val_fraction: float = 0.1):
-    """The first (1 - val_fraction) of `data` for training, the rest for validation.
-
-    Works on anything that slices: a string, a list, a tensor. The split is contiguous,
-    not shuffled, so no validation text leaks into training through overlapping windows.
-    train_val_split("abcdefghij", 0.2) -> ("abcdefgh", "ij")"""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    n = int(round(len(data) * (1.0 - val_fraction)))
-    if n == 0 or n == len(data):
-        raise ValueError(f"cannot split {len(data)} items with val_fraction={val_fraction}: one part would be empty")
-    return data[:n], data[n:]
-
-
-def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """counts[i, j] = how often id j follows id i in `ids`.
-    bigram_counts(tensor([0, 1, 0, 1]), 2) -> [[0, 2], [1, 0]]"""
-    ids = torch.as_tensor(ids).long()
-    pairs = ids[:-1] * vocab_size + ids[1:]                          # one number per (current, next) pair
-    return torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
-
-
-def bigram_loss(counts: torch.Tensor, ids: torch.Tensor, smoothing: float = 1.0) -> float:
-    """Average -ln p(next | current) over `ids` in nats, with p from `counts` plus
-    `smoothing` added to every cell."""
-    if smoothing < 0:
-        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
-    probs = (counts.double() + smoothing) / (counts.double() + smoothing).sum(dim=1, keepdim=True)
-    ids = torch.as_tensor(ids).long()
-    return -probs[ids[:-1], ids[1:]].log().mean().item()

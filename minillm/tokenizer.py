@@ -23,42 +23,6 @@ import regex
 from minillm.corpus import atomic_write_bytes
 
 
-def _short(value, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters for an error message."""
-    r = repr(value)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
-def _check_text(text) -> None:
-    """encode() takes a str; bytes must be decoded first (the tokenizer cannot guess their encoding)."""
-    if not isinstance(text, str):
-        hint = " (decode the bytes to a str first, e.g. text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
-        raise TypeError(f"encode() takes a str, got {type(text).__name__}{hint}")
-
-
-def _as_id(value, what: str) -> int:
-    """`value` as a Python int if it is an integer: an int, a numpy integer, a 0-d integer
-    tensor. Not a float (3.0 is not an id), a string or a bool (True would quietly be 1)."""
-    if not isinstance(value, bool) and "bool" not in str(getattr(value, "dtype", "")) and getattr(value, "ndim", 0) == 0:
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
-    raise TypeError(f"{what} must be an integer, got {_short(value)} ({type(value).__name__})")
-
-
-def _token_ids(ids) -> list[int]:
-    """decode()'s argument as a list of Python ints: a sequence of ints (or numpy integers, or
-    0-d integer tensors), or a 1-d integer tensor or array. Anything else is refused by position."""
-    if isinstance(ids, (str, bytes, bytearray)) or getattr(ids, "ndim", 1) == 0:
-        raise TypeError(f"decode() takes a sequence of integer token ids, got {type(ids).__name__} {_short(ids)}")
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)     # a tensor or an array: Python numbers
-    for position, i in enumerate(ids):
-        if type(i) is not int:
-            ids[position] = _as_id(i, f"decode(): the token id at position {position}")
-    return ids
-
-
 class CharTokenizer:
     """One token per character; the vocabulary is the sorted set of characters of a text.
 
@@ -96,7 +60,7 @@ class CharTokenizer:
             out.append(self.chars[i])
         return "".join(out)
 
-    # saving and loading: see section 9
+    # saving and loading: section 9 shows them, the appendix holds the file format
     def to_dict(self) -> dict:
         return {"format": "minillm-char-tokenizer", "version": FORMAT_VERSION, "chars": "".join(self.chars)}
 
@@ -145,10 +109,11 @@ def merge(ids, pair, new_id) -> list[int]:
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def train_merges(chunk_counts: dict, n_merges: int, verbose: bool = False) -> list[tuple[int, int]]:
+def train_merges(chunk_counts: dict, n_merges: int, verbose: bool = False, stats: list | None = None) -> list[tuple[int, int]]:
     """Learn up to `n_merges` BPE merges from {chunk (str): how often it occurs}, updating
     pair counts incrementally. Merge i gives id 256 + i. Most frequent pair first; on a
-    tie, the smallest pair. train_merges({"aaabdaaabac": 1}, 3) -> [(97, 97), (97, 98), (256, 257)]"""
+    tie, the smallest pair. stats: a list to which each merge appends how many distinct chunks
+    it rewrote. train_merges({"aaabdaaabac": 1}, 3) -> [(97, 97), (97, 98), (256, 257)]"""
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # each distinct chunk as ids
     freqs = list(chunk_counts.values())                                # and how often it occurs
     counts: Counter = Counter()                 # pair -> occurrences in the whole text
@@ -188,10 +153,48 @@ def train_merges(chunk_counts: dict, n_merges: int, verbose: bool = False) -> li
                 else:
                     del counts[p]
         counts.pop(pair, None)
+        if stats is not None:
+            stats.append(rewritten)
         if verbose:
             print(f"merge {len(merges)}: {pair} -> {new_id} ({-neg} times); rewrote {rewritten} of "
                   f"{len(words)} distinct chunks; count changes {dict((p, d) for p, d in changed.items() if d)}")
     return merges
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters for an error message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _check_text(text) -> None:
+    """encode() takes a str; bytes must be decoded first (the tokenizer cannot guess their encoding)."""
+    if not isinstance(text, str):
+        hint = " (decode the bytes to a str first, e.g. text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"encode() takes a str, got {type(text).__name__}{hint}")
+
+
+def _as_id(value, what: str) -> int:
+    """`value` as a Python int if it is an integer: an int, a numpy integer, a 0-d integer
+    tensor. Not a float (3.0 is not an id), a string or a bool (True would quietly be 1)."""
+    if not isinstance(value, bool) and "bool" not in str(getattr(value, "dtype", "")) and getattr(value, "ndim", 0) == 0:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be an integer, got {_short(value)} ({type(value).__name__})")
+
+
+def _token_ids(ids) -> list[int]:
+    """decode()'s argument as a list of Python ints: a sequence of ints (or numpy integers, or
+    0-d integer tensors), or a 1-d integer tensor or array. Anything else is refused by position."""
+    if isinstance(ids, (str, bytes, bytearray)) or getattr(ids, "ndim", 1) == 0:
+        raise TypeError(f"decode() takes a sequence of integer token ids, got {type(ids).__name__} {_short(ids)}")
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)     # a tensor or an array: Python numbers
+    for position, i in enumerate(ids):
+        if type(i) is not int:
+            ids[position] = _as_id(i, f"decode(): the token id at position {position}")
+    return ids
 
 
 MAX_CHUNK_BYTES = 64     # encode() merges a longer pre-split chunk in pieces of at most this many bytes
