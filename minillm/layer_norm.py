@@ -16,23 +16,6 @@ import torch.nn as nn
 _HALF = (torch.float16, torch.bfloat16)     # dtypes whose statistics are computed in float32
 
 
-def _check_config(who: str, n_embd: int, eps: float) -> None:
-    if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
-        raise ValueError(f"{who}: n_embd must be a positive integer, got {n_embd!r}")
-    if not eps > 0:
-        raise ValueError(f"{who}: eps must be > 0 (it keeps a constant input finite), got {eps!r}")
-
-
-def _check_input(who: str, x: torch.Tensor, n_embd: int) -> None:
-    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
-        what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"{who} expects a floating-point tensor, got {what}")
-    if x.dim() == 0 or x.shape[-1] != n_embd:
-        last = x.shape[-1] if x.dim() else "none (a scalar)"
-        raise ValueError(f"{who} was built for vectors of size n_embd={n_embd}, but the input's last "
-                         f"dimension is {last} (shape {tuple(x.shape)})")
-
-
 class LayerNorm(nn.Module):
     """Layer normalization over the last dimension (Ba, Kiros & Hinton, 2016).
 
@@ -93,3 +76,20 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.n_embd}, eps={self.eps}"
+
+
+def _check_config(who: str, n_embd: int, eps: float) -> None:
+    if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
+        raise ValueError(f"{who}: n_embd must be a positive integer, got {n_embd!r}")
+    if not eps > 0:
+        raise ValueError(f"{who}: eps must be > 0 (it keeps a constant input finite), got {eps!r}")
+
+
+def _check_input(who: str, x: torch.Tensor, n_embd: int) -> None:
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{who} expects a floating-point tensor, got {what}")
+    if x.dim() == 0 or x.shape[-1] != n_embd:
+        last = x.shape[-1] if x.dim() else "none (a scalar)"
+        raise ValueError(f"{who} was built for vectors of size n_embd={n_embd}, but the input's last "
+                         f"dimension is {last} (shape {tuple(x.shape)})")

@@ -13,22 +13,8 @@ __all__ = [
     'SinusoidalPositionEmbedding',
 ]
 
-import operator
-
 import torch
 import torch.nn as nn
-
-
-def _size(name: str, value, minimum: int) -> int:
-    """value as an int, or a ValueError naming `name`, unless it is an integer >= minimum."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool) or number < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return number
 
 
 def check_positions(seq_len: int, start: int, block_size: int) -> tuple[int, int]:
@@ -104,3 +90,18 @@ class SinusoidalPositionEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, n_embd={self.n_embd}"
+
+
+import operator
+
+
+def _size(name: str, value, minimum: int) -> int:
+    """value as an int, or a ValueError naming `name`, unless it is an integer >= minimum."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return number

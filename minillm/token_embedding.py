@@ -7,41 +7,12 @@ Change the notebook and run `make export` again.
 """
 
 __all__ = [
-    'check_token_ids', 'one_hot_lookup', 'TokenEmbedding', 'cosine_similarity_matrix',
+    'one_hot_lookup', 'TokenEmbedding', 'cosine_similarity_matrix', 'check_token_ids',
 ]
-
-import operator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-def _positive_int(name: str, value) -> int:
-    """value as an int (a numpy or 0-d torch integer is fine), or a ValueError naming `name`."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool) or number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
-def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
-    """Raise a clear error unless `idx` is an integer tensor of ids in [0, vocab_size).
-    check_token_ids(tensor([[1, 70]]), 65) -> ValueError: token id 70 is out of range
-    for a vocabulary of 65 ids (valid ids are 0 to 64), at index (0, 1) of idx"""
-    if not isinstance(idx, torch.Tensor):
-        raise TypeError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-        raise TypeError(f"idx must hold integer token ids, got a tensor of dtype {idx.dtype}")
-    bad = (idx < 0) | (idx >= vocab_size)
-    if bad.any():
-        where = tuple(torch.nonzero(bad)[0].tolist())            # the first bad id, in reading order
-        raise ValueError(f"token id {idx[where].item()} is out of range for a vocabulary of "
-                         f"{vocab_size} ids (valid ids are 0 to {vocab_size - 1}), at index "
-                         f"{where if len(where) != 1 else where[0]} of idx")
 
 
 def one_hot_lookup(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -92,3 +63,33 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor | None = None, eps
     a_unit = a / a.norm(dim=-1, keepdim=True).clamp(min=eps)   # (N, C), rows of length 1
     b_unit = b / b.norm(dim=-1, keepdim=True).clamp(min=eps)   # (M, C)
     return a_unit @ b_unit.T                                    # (N, M)
+
+
+import operator
+
+
+def _positive_int(name: str, value) -> int:
+    """value as an int (a numpy or 0-d torch integer is fine), or a ValueError naming `name`."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise a clear error unless `idx` is an integer tensor of ids in [0, vocab_size).
+    check_token_ids(tensor([[1, 70]]), 65) -> ValueError: token id 70 is out of range
+    for a vocabulary of 65 ids (valid ids are 0 to 64), at index (0, 1) of idx"""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"idx must hold integer token ids, got a tensor of dtype {idx.dtype}")
+    bad = (idx < 0) | (idx >= vocab_size)
+    if bad.any():
+        where = tuple(torch.nonzero(bad)[0].tolist())            # the first bad id, in reading order
+        raise ValueError(f"token id {idx[where].item()} is out of range for a vocabulary of "
+                         f"{vocab_size} ids (valid ids are 0 to {vocab_size - 1}), at index "
+                         f"{where if len(where) != 1 else where[0]} of idx")

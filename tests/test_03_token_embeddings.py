@@ -149,7 +149,8 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         0: "return (ids == torch.arange(vocab_size)).float()",                        # forgets the new last dimension
         1: "C = grad_out.shape[-1]\ngrad = torch.zeros(vocab_size, C)\n"               # overwrites repeated ids
            "grad[ids.reshape(-1)] = grad_out.reshape(-1, C)\nreturn grad",
-        2: "sims = table @ table[i]\nsims[i] = float('-inf')\nreturn sims.topk(k).indices.tolist()",   # dot product
+        2: "query = table[b] - table[a] + table[c]\n"                                   # keeps the question's ids
+           "return (F.normalize(table, dim=1) @ F.normalize(query, dim=0)).topk(k).indices.tolist()",
         3: "self.padding_idx = padding_idx",                                           # row not zeroed, no check
         4: "return super().forward(idx)",                                              # gradient still reaches the row
     })

@@ -158,8 +158,8 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "return M",
         # align_corners=False moves the end rows inwards
         2: "return F.interpolate(weight.T.unsqueeze(0), size=new_block_size, mode='linear')[0].T",
-        # the speeds of a (head_dim)-wide table, not pairs
-        3: "omega = base ** (-torch.arange(head_dim // 2, dtype=torch.float64) / head_dim)\n"
+        # the speeds of a (head_size)-wide table, not pairs
+        3: "omega = base ** (-torch.arange(head_size // 2, dtype=torch.float64) / head_size)\n"
            "angles = torch.arange(block_size, dtype=torch.float64).unsqueeze(1) * omega\n"
            "self.register_buffer('cos', angles.cos().float(), persistent=False)\n"
            "self.register_buffer('sin', angles.sin().float(), persistent=False)",

@@ -187,12 +187,12 @@ def test_bad_configuration_is_refused(cls):
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("06_layer_norm", {
         0: "return x.var(dim=-1, keepdim=True)",                                       # unbiased: divides by C - 1
-        1: "mean = x.mean(dim=-1, keepdim=True)\n"                                      # no eps: nan for a constant vector
-           "return (x - mean) / x.std(dim=-1, keepdim=True, unbiased=False) * weight + bias",
+        1: "mean = x.mean(dim=-1, keepdim=True)\n"                                      # layer norm: over the wrong dimension
+           "var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)\nreturn (x - mean) / torch.sqrt(var + eps)",
         2: "C = x.shape[-1]\nmean = x.mean(dim=-1, keepdim=True)\n"                    # forgets the variance's term
            "s = torch.sqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)\nx_hat = (x - mean) / s\n"
            "g = grad_out * weight\ndx = (g - g.mean(dim=-1, keepdim=True)) / s\n"
            "return dx, (grad_out * x_hat).reshape(-1, C).sum(0), grad_out.reshape(-1, C).sum(0)",
-        3: "rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)\n"       # scale w, not 1 + w
-           "return x / rms * self.weight",
+        3: "rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True)) + self.eps\n"       # eps outside the square root
+           "return x / rms * (1 + self.weight)",
     })
