@@ -168,10 +168,17 @@ def _short(value, limit: int = 60) -> str:
 
 
 def _check_text(text) -> None:
-    """encode() takes a str; bytes must be decoded first (the tokenizer cannot guess their encoding)."""
+    """encode() takes a str of Unicode text: bytes must be decoded first (the tokenizer cannot
+    guess their encoding), and a lone surrogate ('\\ud800', half of a UTF-16 pair) has no UTF-8 bytes."""
     if not isinstance(text, str):
         hint = " (decode the bytes to a str first, e.g. text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
         raise TypeError(f"encode() takes a str, got {type(text).__name__}{hint}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"encode() takes Unicode text, but position {e.start} holds a lone surrogate, "
+                             f"U+{ord(text[e.start]):04X} (half of a UTF-16 pair), which has no UTF-8 bytes") from None
 
 
 def _as_id(value, what: str) -> int:

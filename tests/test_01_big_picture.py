@@ -11,7 +11,7 @@ import torch
 
 from exercise_tools import assert_checks_work
 from minillm import corpus
-from minillm.corpus import (TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_SHA256, CorpusError, bigram_counts,
+from minillm.corpus import (TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_URL, CorpusError, bigram_counts,
                             bigram_loss, corpus_path, data_dir, train_val_split)
 
 
@@ -54,6 +54,7 @@ def test_offline_without_a_copy_says_where_to_put_it(empty_cache):
     message = str(e.value)
     assert str(empty_cache / TINY_SHAKESPEARE_FILE) in message and "by hand" in message
     assert TINY_SHAKESPEARE_SHA256 in message and "MINILLM_DATA" in message
+    assert TINY_SHAKESPEARE_URL in message                               # the address to download it from by hand
 
 
 def test_offline_switch_comes_from_the_environment(empty_cache, monkeypatch):
