@@ -9,9 +9,9 @@ Change the notebook and run `make export` again.
 """
 
 __all__ = [
-    'TOP_P_TOLERANCE', 'GREEDY_BELOW', 'check_sampling_args', 'greedy',
-    'apply_temperature', 'top_k_filter', 'top_p_filter', 'filter_logits',
-    'logits_to_probs', 'sample_next', 'generate', 'encode_prompt', 'generate_text',
+    'TOP_P_TOLERANCE', 'GREEDY_BELOW', 'greedy', 'apply_temperature', 'top_k_filter',
+    'top_p_filter', 'filter_logits', 'logits_to_probs', 'sample_next', 'generate',
+    'encode_prompt', 'generate_text', 'check_sampling_args',
 ]
 
 import math
@@ -24,27 +24,6 @@ from minillm.causal_self_attention import KVCache
 
 TOP_P_TOLERANCE = 1e-6   # a nucleus whose mass is within this of p counts as reaching p (float rounding)
 GREEDY_BELOW = 1e-5      # temperatures below this are greedy: logits / 1e-39 overflow float32 to inf, softmax to nan
-
-
-def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
-    """Raise a ValueError naming the parameter and its value unless temperature >= 0,
-    top_k is None or an integer >= 1, and top_p is None or a number in (0, 1].
-    check_sampling_args(temperature=-1) -> ValueError: temperature must be a number >= 0 ..."""
-    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not math.isfinite(temperature) \
-            or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy decoding), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None (no top-k filtering) or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None (no nucleus filtering) or a number in (0, 1], got {top_p!r}")
-
-
-def _check_logits(logits) -> None:
-    if not isinstance(logits, torch.Tensor) or not torch.is_floating_point(logits) or logits.dim() < 1 \
-            or logits.size(-1) == 0:
-        what = (f"a tensor of dtype {logits.dtype} and shape {tuple(logits.shape)}"
-                if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}")
-        raise ValueError(f"logits must be a floating-point tensor of shape (..., vocab_size), got {what}")
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -134,34 +113,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return ids.view(*probs.shape[:-1], 1)                              # (..., 1)
 
 
-def _stop_ids(stop, vocab_size: int) -> torch.Tensor | None:
-    """stop (None, one token id, or a collection of ids) -> a 1-D tensor of ids, checked."""
-    if stop is None:
-        return None
-    ids = [stop] if isinstance(stop, int) else list(stop.tolist() if isinstance(stop, torch.Tensor) else stop)
-    if not ids:
-        raise ValueError("stop is empty: give one or more token ids, or None to never stop early")
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
-            raise ValueError(f"stop must be a token id or a list of token ids in [0, {vocab_size}), got {stop!r}")
-    return torch.tensor(ids)
-
-
-def _check_prompt_ids(idx, vocab_size: int) -> None:
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point \
-            or idx.dtype.is_complex or idx.dtype == torch.bool:
-        what = (f"a tensor of dtype {idx.dtype} and shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor)
-                else f"a {type(idx).__name__}")
-        raise ValueError(f"idx must be an integer tensor of token ids of shape (B, T), got {what} "
-                         f"(one prompt as ids: torch.tensor([ids]); a prompt as text: generate_text)")
-    if idx.size(0) == 0 or idx.size(1) == 0:
-        raise ValueError(f"the prompt is empty (idx of shape {tuple(idx.shape)}): generation needs at least one "
-                         f"token to continue, for example a newline")
-    bad = (idx < 0) | (idx >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token id {idx[bad][0].item()} in idx is out of range for a vocabulary of {vocab_size} ids")
-
-
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop=None, *, use_cache: bool = True,
@@ -242,3 +193,52 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperatur
     out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop,
                    use_cache=use_cache, generator=generator)
     return tokenizer.decode(out[0].tolist())
+
+
+def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise a ValueError naming the parameter and its value unless temperature >= 0,
+    top_k is None or an integer >= 1, and top_p is None or a number in (0, 1].
+    check_sampling_args(temperature=-1) -> ValueError: temperature must be a number >= 0 ..."""
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy decoding), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None (no top-k filtering) or an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None (no nucleus filtering) or a number in (0, 1], got {top_p!r}")
+
+
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or not torch.is_floating_point(logits) or logits.dim() < 1 \
+            or logits.size(-1) == 0:
+        what = (f"a tensor of dtype {logits.dtype} and shape {tuple(logits.shape)}"
+                if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}")
+        raise ValueError(f"logits must be a floating-point tensor of shape (..., vocab_size), got {what}")
+
+
+def _stop_ids(stop, vocab_size: int) -> torch.Tensor | None:
+    """stop (None, one token id, or a collection of ids) -> a 1-D tensor of ids, checked."""
+    if stop is None:
+        return None
+    ids = [stop] if isinstance(stop, int) else list(stop.tolist() if isinstance(stop, torch.Tensor) else stop)
+    if not ids:
+        raise ValueError("stop is empty: give one or more token ids, or None to never stop early")
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise ValueError(f"stop must be a token id or a list of token ids in [0, {vocab_size}), got {stop!r}")
+    return torch.tensor(ids)
+
+
+def _check_prompt_ids(idx, vocab_size: int) -> None:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point \
+            or idx.dtype.is_complex or idx.dtype == torch.bool:
+        what = (f"a tensor of dtype {idx.dtype} and shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor)
+                else f"a {type(idx).__name__}")
+        raise ValueError(f"idx must be an integer tensor of token ids of shape (B, T), got {what} "
+                         f"(one prompt as ids: torch.tensor([ids]); a prompt as text: generate_text)")
+    if idx.size(0) == 0 or idx.size(1) == 0:
+        raise ValueError(f"the prompt is empty (idx of shape {tuple(idx.shape)}): generation needs at least one "
+                         f"token to continue, for example a newline")
+    bad = (idx < 0) | (idx >= vocab_size)
+    if bad.any():
+        raise ValueError(f"token id {idx[bad][0].item()} in idx is out of range for a vocabulary of {vocab_size} ids")

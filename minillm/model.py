@@ -10,8 +10,8 @@ Change the notebook and run `make export` again.
 """
 
 __all__ = [
-    'GPTConfig', 'GPT2_TRANSPOSED', 'gpt2_key_to_minillm', 'config_from_gpt2',
-    'state_dict_from_gpt2', 'GPT', 'parameter_breakdown',
+    'GPTConfig', 'GPT', 'parameter_breakdown', 'GPT2_TRANSPOSED', 'gpt2_key_to_minillm',
+    'config_from_gpt2', 'state_dict_from_gpt2',
 ]
 
 import json
@@ -32,8 +32,10 @@ from minillm.stack import TransformerStack, init_gpt2_
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """The sizes of a GPT. The defaults are the course's character-level model for Tiny
-    Shakespeare (10.8M parameters; 10.7M without the position table, as num_params() counts). GPT-2 small (124M) is
+    """The sizes of a GPT. The defaults are GPT-small-char (GPU, 10.8M), the character-level
+    model for Tiny Shakespeare that lesson 20 trains on a GPU (10.8M parameters; 10.7M without
+    the position table, as num_params() counts). Lesson 20's CPU model, GPT-tiny-char (CPU, 0.8M),
+    is GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128). GPT-2 small (124M) is
     GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768).
 
     Checked on construction, with the field and the value in the message:
@@ -61,6 +63,127 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: dropout must be a probability in [0, 1), got {self.dropout!r}")
         if not isinstance(self.bias, bool):
             raise ValueError(f"GPTConfig: bias must be True or False, got {self.bias!r}")
+
+
+class GPT(nn.Module):
+    """A GPT language model: token ids (B, T) -> logits (B, T, vocab_size), one score per
+    vocabulary entry for the token after each position, and the cross-entropy loss.
+
+        x = embedding(idx)          (B, T, C)  token + learned position vectors (lesson 05)
+        x = stack(x)                (B, T, C)  n_layer transformer blocks (lesson 16)
+        x = ln_f(x)                 (B, T, C)  a final LayerNorm
+        logits = lm_head(x)         (B, T, V)  x @ wte.T: the head is tied to the token embedding
+        loss = cross_entropy(logits, targets)  mean of -ln p(target) in nats, over B * T positions
+
+    Initialised like GPT-2 (lesson 16's init_gpt2_), so an untrained model predicts nearly
+    uniformly: its loss is close to ln(vocab_size), 4.17 for 65 characters. A target of -1
+    is ignored by the loss (a padded position); targets that are all -1 raise ValueError
+    (there is nothing to score: the mean would be nan). kv_caches: one lesson-12 KVCache per block;
+    idx then holds only the positions after the cached ones (generation, lesson 18).
+
+    GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=2, n_head=2, n_embd=16)) has
+    2 * (12 * 16^2 + 13 * 16) + 2 * 16 + 10 * 16 + 8 * 16 = 6,880 parameters: blocks, ln_f,
+    token embedding (= head), position embedding; num_params() leaves out the last: 6,752.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}: GPT(GPTConfig(n_layer=4, ...))")
+        self.config = c = config
+        self.embedding = InputEmbedding(c.vocab_size, c.block_size, c.n_embd, dropout=c.dropout)  # learned positions
+        self.stack = TransformerStack(c.n_layer, c.n_embd, c.n_head, c.block_size, dropout=c.dropout, bias=c.bias)
+        self.ln_f = LayerNorm(c.n_embd, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.embedding.token.weight     # tied: one (V, C) table reads tokens in and scores them out
+        init_gpt2_(self, c.n_layer)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_caches=None):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), loss: a 0-d tensor, or None without targets)."""
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(1) == 0:
+            what = f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else f"a {type(idx).__name__}"
+            raise ValueError(f"GPT expects idx, a tensor of token ids of shape (B, T) with T >= 1, got {what}")
+        B, T = idx.shape
+        start = len(kv_caches[0]) if kv_caches else 0               # positions already in the caches
+        check_positions(T, start, self.config.block_size)           # "Cannot forward sequence of length 300, ..."
+        x = self.embedding(idx, start=start)                        # (B, T, C)
+        x = self.stack(x, kv_caches=kv_caches)                      # (B, T, C)
+        x = self.ln_f(x)                                            # (B, T, C)
+        logits = self.lm_head(x)                                    # (B, T, V)
+        if targets is None:
+            return logits, None
+        _check_targets(targets, idx, self.config.vocab_size)
+        V = logits.size(-1)
+        loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The number of parameters, the tied head's weight counted once. non_embedding=True
+        leaves out the position embedding, as nanoGPT does; the token embedding stays in,
+        because it is also the LM head's weight."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(p.numel() for p in self.embedding.position.parameters())
+        return n
+
+    @classmethod
+    def from_gpt2(cls, path) -> "GPT":
+        """OpenAI's GPT-2 from a Hugging Face checkpoint folder holding config.json and
+        model.safetensors, for example one made with
+            hf download openai-community/gpt2 config.json model.safetensors --local-dir DIR
+        Returns the model in eval mode. Needs the safetensors package (pip install "minillm[gpt2]").
+        The loading and its checks are _load_gpt2, in the appendix of lesson 17."""
+        return _load_gpt2(cls, path)
+
+
+def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+    """Where the parameters of a GPT live: {part: count}, each parameter counted once, in
+    the order token embedding (= LM head, tied), position embedding, attention, MLP,
+    layer norms, and "LM head (untied)" for a model whose head has its own weight.
+    The counts add up to model.num_params(non_embedding=False). For the course's
+    default GPTConfig(): token embedding 24,960, position embedding 98,304, attention
+    3,548,160, MLP 7,089,408, layer norms 9,984."""
+    parts = {"token embedding (= LM head)": 0, "position embedding": 0, "attention": 0, "MLP": 0,
+             "layer norms": 0, "LM head (untied)": 0}
+    for name, p in model.named_parameters():      # a shared (tied) parameter is listed once, by its first name
+        if name.startswith("embedding.token."):
+            part = "token embedding (= LM head)"
+        elif name.startswith("embedding.position."):
+            part = "position embedding"
+        elif ".attn." in name:
+            part = "attention"
+        elif ".mlp." in name:
+            part = "MLP"
+        elif ".ln_" in name or name.startswith("ln_f."):
+            part = "layer norms"
+        elif name.startswith("lm_head."):
+            part = "LM head (untied)"
+        else:
+            raise ValueError(f"parameter_breakdown does not know where the parameter {name!r} belongs")
+        parts[part] += p.numel()
+    if parts["LM head (untied)"] == 0:
+        del parts["LM head (untied)"]
+    return parts
+
+
+def _check_targets(targets: torch.Tensor, idx: torch.Tensor, vocab_size: int) -> None:
+    """Refuse targets that cannot be scored, with the reason: another shape than idx, a float
+    dtype, every target -1 (the mean loss would be nan), an id outside the vocabulary."""
+    if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+        what = f"shape {tuple(targets.shape)}" if isinstance(targets, torch.Tensor) else f"a {type(targets).__name__}"
+        raise ValueError(f"targets must have the shape of idx, {tuple(idx.shape)} (the next token of every "
+                         f"position), got {what}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer token ids, got a tensor of dtype {targets.dtype}")
+    if (targets == -1).all():
+        raise ValueError(f"targets: every target is -1 (ignored), so there is no position to score and the "
+                         f"loss would be nan (a mean over none); give at least one real target, or no targets")
+    V = vocab_size
+    bad = (targets < -1) | (targets >= V)
+    if bad.any():
+        where = tuple(torch.nonzero(bad)[0].tolist())           # the first bad target, in reading order
+        raise ValueError(f"target id {targets[where].item()} at index {where} is out of range for a vocabulary "
+                         f"of {V} ids (valid: 0 to {V - 1}, or -1 for a position the loss ignores)")
 
 
 # GPT-2 computes these four layers with Hugging Face's Conv1D, y = x @ W + b with W of shape
@@ -136,145 +259,35 @@ def state_dict_from_gpt2(weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state
 
 
-class GPT(nn.Module):
-    """A GPT language model: token ids (B, T) -> logits (B, T, vocab_size), one score per
-    vocabulary entry for the token after each position, and the cross-entropy loss.
-
-        x = embedding(idx)          (B, T, C)  token + learned position vectors (lesson 05)
-        x = stack(x)                (B, T, C)  n_layer transformer blocks (lesson 16)
-        x = ln_f(x)                 (B, T, C)  a final LayerNorm
-        logits = lm_head(x)         (B, T, V)  x @ wte.T: the head is tied to the token embedding
-        loss = cross_entropy(logits, targets)  mean of -ln p(target) in nats, over B * T positions
-
-    Initialised like GPT-2 (lesson 16's init_gpt2_), so an untrained model predicts nearly
-    uniformly: its loss is close to ln(vocab_size), 4.17 for 65 characters. A target of -1
-    is ignored by the loss (a padded position); targets that are all -1 raise ValueError
-    (there is nothing to score: the mean would be nan). kv_caches: one lesson-12 KVCache per block;
-    idx then holds only the positions after the cached ones (generation, lesson 18).
-
-    GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=2, n_head=2, n_embd=16)) has
-    2 * (12 * 16^2 + 13 * 16) + 2 * 16 + 10 * 16 + 8 * 16 = 6,880 parameters: blocks, ln_f,
-    token embedding (= head), position embedding; num_params() leaves out the last: 6,752.
-    """
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}: GPT(GPTConfig(n_layer=4, ...))")
-        self.config = c = config
-        self.embedding = InputEmbedding(c.vocab_size, c.block_size, c.n_embd, dropout=c.dropout)  # learned positions
-        self.stack = TransformerStack(c.n_layer, c.n_embd, c.n_head, c.block_size, dropout=c.dropout, bias=c.bias)
-        self.ln_f = LayerNorm(c.n_embd, bias=c.bias)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        self.lm_head.weight = self.embedding.token.weight     # tied: one (V, C) table reads tokens in and scores them out
-        init_gpt2_(self, c.n_layer)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_caches=None):
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), loss: a 0-d tensor, or None without targets)."""
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(1) == 0:
-            what = f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else f"a {type(idx).__name__}"
-            raise ValueError(f"GPT expects idx, a tensor of token ids of shape (B, T) with T >= 1, got {what}")
-        B, T = idx.shape
-        start = len(kv_caches[0]) if kv_caches else 0               # positions already in the caches
-        check_positions(T, start, self.config.block_size)           # "Cannot forward sequence of length 300, ..."
-        x = self.embedding(idx, start=start)                        # (B, T, C)
-        x = self.stack(x, kv_caches=kv_caches)                      # (B, T, C)
-        x = self.ln_f(x)                                            # (B, T, C)
-        logits = self.lm_head(x)                                    # (B, T, V)
-        if targets is None:
-            return logits, None
-        self._check_targets(targets, idx)
-        V = logits.size(-1)
-        loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-1)
-        return logits, loss
-
-    def _check_targets(self, targets: torch.Tensor, idx: torch.Tensor) -> None:
-        if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-            what = f"shape {tuple(targets.shape)}" if isinstance(targets, torch.Tensor) else f"a {type(targets).__name__}"
-            raise ValueError(f"targets must have the shape of idx, {tuple(idx.shape)} (the next token of every "
-                             f"position), got {what}")
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-            raise TypeError(f"targets must hold integer token ids, got a tensor of dtype {targets.dtype}")
-        if (targets == -1).all():
-            raise ValueError(f"targets: every target is -1 (ignored), so there is no position to score and the "
-                             f"loss would be nan (a mean over none); give at least one real target, or no targets")
-        V = self.config.vocab_size
-        bad = (targets < -1) | (targets >= V)
-        if bad.any():
-            where = tuple(torch.nonzero(bad)[0].tolist())           # the first bad target, in reading order
-            raise ValueError(f"target id {targets[where].item()} at index {where} is out of range for a vocabulary "
-                             f"of {V} ids (valid: 0 to {V - 1}, or -1 for a position the loss ignores)")
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """The number of parameters, the tied head's weight counted once. non_embedding=True
-        leaves out the position embedding, as nanoGPT does; the token embedding stays in,
-        because it is also the LM head's weight."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= sum(p.numel() for p in self.embedding.position.parameters())
-        return n
-
-    @classmethod
-    def from_gpt2(cls, path) -> "GPT":
-        """OpenAI's GPT-2 from a Hugging Face checkpoint folder holding config.json and
-        model.safetensors, for example one made with
-            hf download openai-community/gpt2 config.json model.safetensors --local-dir DIR
-        Returns the model in eval mode. Needs the safetensors package (pip install "minillm[gpt2]")."""
-        folder = Path(path).expanduser()
-        for file in (folder / "config.json", folder / "model.safetensors"):
-            if not file.is_file():
-                raise FileNotFoundError(f"{file} does not exist: GPT.from_gpt2 needs a folder with config.json and "
-                                        f"model.safetensors, e.g. from `hf download openai-community/gpt2 "
-                                        f"config.json model.safetensors --local-dir {folder}`")
-        try:
-            from safetensors.torch import load_file          # imported here: only this method needs it
-        except ImportError as e:
-            raise ImportError("GPT.from_gpt2 needs the safetensors package: pip install safetensors "
-                              "(or pip install -e \".[gpt2]\")") from e
-        config = config_from_gpt2(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-        model = cls(config)
-        state = state_dict_from_gpt2(load_file(str(folder / "model.safetensors")))
-        expected = model.state_dict()
-        missing = sorted(expected.keys() - state.keys() - {"lm_head.weight"})
-        extra = sorted(state.keys() - expected.keys())
-        if missing or extra:
-            raise ValueError(f"{folder / 'model.safetensors'} does not match its config.json: "
-                             f"{len(missing)} of the model's tensors missing {missing[:3]}, "
-                             f"{len(extra)} tensors without a place in the model {extra[:3]}")
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(f"{name}: the checkpoint's tensor has shape {tuple(tensor.shape)}, the model's "
-                                 f"{tuple(expected[name].shape)}: config.json does not match the weights")
-        state["lm_head.weight"] = state["embedding.token.weight"]    # the tied head
-        model.load_state_dict(state, strict=True)
-        return model.eval()
-
-
-def parameter_breakdown(model: nn.Module) -> dict[str, int]:
-    """Where the parameters of a GPT live: {part: count}, each parameter counted once, in
-    the order token embedding (= LM head, tied), position embedding, attention, MLP,
-    layer norms, and "LM head (untied)" for a model whose head has its own weight.
-    The counts add up to model.num_params(non_embedding=False). For the course's
-    default GPTConfig(): token embedding 24,960, position embedding 98,304, attention
-    3,548,160, MLP 7,089,408, layer norms 9,984."""
-    parts = {"token embedding (= LM head)": 0, "position embedding": 0, "attention": 0, "MLP": 0,
-             "layer norms": 0, "LM head (untied)": 0}
-    for name, p in model.named_parameters():      # a shared (tied) parameter is listed once, by its first name
-        if name.startswith("embedding.token."):
-            part = "token embedding (= LM head)"
-        elif name.startswith("embedding.position."):
-            part = "position embedding"
-        elif ".attn." in name:
-            part = "attention"
-        elif ".mlp." in name:
-            part = "MLP"
-        elif ".ln_" in name or name.startswith("ln_f."):
-            part = "layer norms"
-        elif name.startswith("lm_head."):
-            part = "LM head (untied)"
-        else:
-            raise ValueError(f"parameter_breakdown does not know where the parameter {name!r} belongs")
-        parts[part] += p.numel()
-    if parts["LM head (untied)"] == 0:
-        del parts["LM head (untied)"]
-    return parts
+def _load_gpt2(cls, path):
+    """GPT.from_gpt2: build cls from the folder's config.json, rename and transpose the tensors of
+    model.safetensors (state_dict_from_gpt2), check that every tensor has a place of the right
+    shape, and load them strictly; the model in eval mode."""
+    folder = Path(path).expanduser()
+    for file in (folder / "config.json", folder / "model.safetensors"):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} does not exist: GPT.from_gpt2 needs a folder with config.json and "
+                                    f"model.safetensors, e.g. from `hf download openai-community/gpt2 "
+                                    f"config.json model.safetensors --local-dir {folder}`")
+    try:
+        from safetensors.torch import load_file          # imported here: only this function needs it
+    except ImportError as e:
+        raise ImportError("GPT.from_gpt2 needs the safetensors package: pip install safetensors "
+                          "(or pip install -e \".[gpt2]\")") from e
+    config = config_from_gpt2(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    model = cls(config)
+    state = state_dict_from_gpt2(load_file(str(folder / "model.safetensors")))
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys() - {"lm_head.weight"})
+    extra = sorted(state.keys() - expected.keys())
+    if missing or extra:
+        raise ValueError(f"{folder / 'model.safetensors'} does not match its config.json: "
+                         f"{len(missing)} of the model's tensors missing {missing[:3]}, "
+                         f"{len(extra)} tensors without a place in the model {extra[:3]}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"{name}: the checkpoint's tensor has shape {tuple(tensor.shape)}, the model's "
+                             f"{tuple(expected[name].shape)}: config.json does not match the weights")
+    state["lm_head.weight"] = state["embedding.token.weight"]    # the tied head
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -40,7 +40,7 @@ def test_param_count_equals_the_real_model(sizes, bias):
     assert params_by_part(cfg) == parameter_breakdown(model)
 
 
-@pytest.mark.parametrize("name", ["minillm", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-xl", "gpt3-175b"])
+@pytest.mark.parametrize("name", ["gpt-tiny-char", "gpt-small-char", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-xl", "gpt3-175b"])
 def test_presets_equal_the_model_built_on_the_meta_device(name):
     cfg = PRESETS[name]
     with torch.device("meta"):
@@ -64,7 +64,10 @@ def test_presets_are_the_published_shapes():
     shapes = {n: (c.n_layer, c.n_embd, c.block_size, c.vocab_size) for n, c in PRESETS.items()}
     assert shapes["gpt2"] == (12, 768, 1024, 50257) and shapes["gpt2-xl"] == (48, 1600, 1024, 50257)
     assert shapes["gpt3-175b"] == (96, 12288, 2048, 50257) and PRESETS["gpt3-175b"].n_head == 96
-    assert PRESETS["minillm"] == GPTConfig()
+    assert PRESETS["gpt-small-char"] == GPTConfig()                 # lesson 20's GPU model, 10.8M
+    tiny = PRESETS["gpt-tiny-char"]                                 # lesson 20's CPU model, 0.8M
+    assert (tiny.n_layer, tiny.n_head, tiny.n_embd, tiny.block_size) == (4, 4, 128, 64)
+    assert param_count(tiny) == 809_856
     assert all(isinstance(c, GPTConfig) for c in PRESETS.values())
 
 
@@ -256,3 +259,12 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         3: "C = n_embd\n"                                                                        # ignores grouped-query attention
            "return n_layer * (4 * C * C + 3 * C * ffn_hidden + 2 * C) + 2 * vocab_size * C + C",
     })
+
+
+def test_the_char_presets_are_lesson_20s_models():
+    """scaling.PRESETS holds model sizes; training.PRESETS pairs each hardware with a model and its training
+    settings. The two character models must be the same in both."""
+    from minillm.training import PRESETS as TRAINING_PRESETS
+    for size, hardware in (("gpt-tiny-char", "cpu"), ("gpt-small-char", "gpu")):
+        fields = {k: v for k, v in TRAINING_PRESETS[hardware][0].items() if k != "dropout"}
+        assert {k: getattr(PRESETS[size], k) for k in fields} == fields, size
