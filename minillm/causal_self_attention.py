@@ -21,17 +21,12 @@ from minillm.attention import scaled_dot_product_attention
 from minillm.causal_mask import causal_mask
 
 
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"CausalSelfAttention: {name} must be a positive integer, got {value!r}")
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with an output projection (GPT-2's attention).
 
         q, k, v = c_attn(x).split(n_embd)          one fused projection, each (B, T, C)
-        q, k, v -> (B, nh, T, hs)                  heads of size hs = C // nh
-        y = softmax(q k^T / sqrt(hs) + causal) v   (B, nh, T, hs), dropout on the weights
+        q, k, v -> (B, n_head, T, head_size)                  heads of size head_size = C // n_head
+        y = softmax(q k^T / sqrt(head_size) + causal) v   (B, n_head, T, head_size), dropout on the weights
         y -> (B, T, C)                             the heads side by side again
         out = resid_dropout(c_proj(y))             (B, T, C): the heads mixed
 
@@ -50,13 +45,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0,
                  bias: bool = True, fused: bool = True):
         super().__init__()
-        for name, value in (("n_embd", n_embd), ("n_head", n_head), ("block_size", block_size)):
-            _check_positive(name, value)
-        if n_embd % n_head != 0:
-            raise ValueError(f"CausalSelfAttention: n_embd={n_embd} is not divisible by n_head={n_head}; "
-                             f"every head gets n_embd // n_head numbers, so n_embd must be a multiple of n_head")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"CausalSelfAttention: dropout must be in [0, 1), got {dropout!r}")
+        _check_config(n_embd, n_head, block_size, dropout)           # the appendix: sizes and dropout, refused with their values
         self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
         self.block_size, self.fused = block_size, fused
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # q, k, v of all heads at once
@@ -64,35 +53,19 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(dropout)                  # on the weights: its p goes to the attention function
         self.resid_dropout = nn.Dropout(dropout)                 # on the output
 
-    def _check_input(self, x: torch.Tensor, T_past: int) -> None:
-        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
-            what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"CausalSelfAttention expects a floating-point tensor, got {what}")
-        if x.dim() != 3 or x.size(1) == 0:
-            raise ValueError(f"CausalSelfAttention expects x of shape (B, T, n_embd) with T >= 1, "
-                             f"got shape {tuple(x.shape)}")
-        if x.size(-1) != self.n_embd:
-            raise ValueError(f"CausalSelfAttention was built for n_embd={self.n_embd}, but the input's last "
-                             f"dimension is {x.size(-1)} (shape {tuple(x.shape)})")
-        T = x.size(1)
-        if T_past + T > self.block_size:
-            cached = f" after {T_past} cached positions ({T_past + T} in all)" if T_past else ""
-            raise ValueError(f"Cannot forward a sequence of length {T}{cached}, "
-                             f"block size is only {self.block_size}")
-
     def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
         """(B, T, n_embd) -> (B, T, n_embd). With kv_cache, x holds the T positions after
         the len(kv_cache) cached ones, and their keys and values are appended to it."""
         T_past = 0 if kv_cache is None else len(kv_cache)
-        self._check_input(x, T_past)
+        _check_input(self, x, T_past)                                     # the appendix: type, shape, block_size
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)                # each (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)    # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)    # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)    # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)    # (B, n_head, T, head_size)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)    # (B, n_head, T, head_size)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)    # (B, n_head, T, head_size)
         if kv_cache is not None:
-            k, v = kv_cache.append(k, v)                                  # (B, nh, T_past + T, hs)
-        y = self._attend(q, k, v, T_past)                                 # (B, nh, T, hs)
+            k, v = kv_cache.append(k, v)                                  # (B, n_head, T_past + T, head_size)
+        y = self._attend(q, k, v, T_past)                                 # (B, n_head, T, head_size)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))                         # (B, T, C)
 
@@ -117,37 +90,67 @@ class KVCache:
     """The keys and values of the positions already processed, for one attention layer,
     so that generating a token computes only its own key and value.
 
-    k and v have shape (B, nh, T_past, hs) and grow along the time axis:
+    k and v have shape (B, n_head, T_past, head_size) and grow along the time axis:
         cache = KVCache()
-        k_all, v_all = cache.append(k, v)       # k, v of shape (B, nh, 5, hs): len(cache) == 5
-        k_all, v_all = cache.append(k1, v1)     # one more position: (B, nh, 6, hs), len(cache) == 6
+        k_all, v_all = cache.append(k, v)       # k, v of shape (B, n_head, 5, head_size): len(cache) == 5
+        k_all, v_all = cache.append(k1, v1)     # one more position: (B, n_head, 6, head_size), len(cache) == 6
     Pass it to CausalSelfAttention.forward(x, kv_cache=cache), one cache per layer;
     len(cache) is the position of the next token. reset() empties it.
     """
 
     def __init__(self):
-        self.k: torch.Tensor | None = None      # (B, nh, T_past, hs)
-        self.v: torch.Tensor | None = None      # (B, nh, T_past, hs)
+        self.k: torch.Tensor | None = None      # (B, n_head, T_past, head_size)
+        self.v: torch.Tensor | None = None      # (B, n_head, T_past, head_size)
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.size(2)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add the keys and values of T new positions, each (B, nh, T, hs); return all of
-        them so far, each (B, nh, T_past + T, hs)."""
+        """Add the keys and values of T new positions, each (B, n_head, T, head_size); return all of
+        them so far, each (B, n_head, T_past + T, head_size)."""
         if k.dim() != 4 or k.shape != v.shape:
-            raise ValueError(f"KVCache.append expects k and v of one shape (B, nh, T, hs), "
+            raise ValueError(f"KVCache.append expects k and v of one shape (B, n_head, T, head_size), "
                              f"got k of shape {tuple(k.shape)} and v of shape {tuple(v.shape)}")
         if self.k is not None:
-            B, nh, T_past, hs = self.k.shape
-            if (k.size(0), k.size(1), k.size(3)) != (B, nh, hs):
-                raise ValueError(f"KVCache holds keys of shape {tuple(self.k.shape)} (B, nh, T_past, hs); "
-                                 f"new keys of shape {tuple(k.shape)} do not continue them: B, nh and hs must match")
-            k = torch.cat([self.k, k], dim=2)   # (B, nh, T_past + T, hs)
-            v = torch.cat([self.v, v], dim=2)   # (B, nh, T_past + T, hs)
+            B, n_head, T_past, head_size = self.k.shape
+            if (k.size(0), k.size(1), k.size(3)) != (B, n_head, head_size):
+                raise ValueError(f"KVCache holds keys of shape {tuple(self.k.shape)} (B, n_head, T_past, head_size); "
+                                 f"new keys of shape {tuple(k.shape)} do not continue them: B, n_head and head_size must match")
+            k = torch.cat([self.k, k], dim=2)   # (B, n_head, T_past + T, head_size)
+            v = torch.cat([self.v, v], dim=2)   # (B, n_head, T_past + T, head_size)
         self.k, self.v = k, v
         return k, v
 
     def reset(self) -> None:
         """Forget everything: the next append starts at position 0."""
         self.k = self.v = None
+
+
+def _check_config(n_embd, n_head, block_size, dropout) -> None:
+    """Refuse a configuration CausalSelfAttention cannot be built with, naming the value."""
+    for name, value in (("n_embd", n_embd), ("n_head", n_head), ("block_size", block_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"CausalSelfAttention: {name} must be a positive integer, got {value!r}")
+    if n_embd % n_head != 0:
+        raise ValueError(f"CausalSelfAttention: n_embd={n_embd} is not divisible by n_head={n_head}; "
+                         f"every head gets n_embd // n_head numbers, so n_embd must be a multiple of n_head")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"CausalSelfAttention: dropout must be in [0, 1), got {dropout!r}")
+
+
+def _check_input(attn, x, T_past: int) -> None:
+    """Refuse an input that attn cannot take (T_past: positions already in its cache)."""
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"CausalSelfAttention expects a floating-point tensor, got {what}")
+    if x.dim() != 3 or x.size(1) == 0:
+        raise ValueError(f"CausalSelfAttention expects x of shape (B, T, n_embd) with T >= 1, "
+                         f"got shape {tuple(x.shape)}")
+    if x.size(-1) != attn.n_embd:
+        raise ValueError(f"CausalSelfAttention was built for n_embd={attn.n_embd}, but the input's last "
+                         f"dimension is {x.size(-1)} (shape {tuple(x.shape)})")
+    T = x.size(1)
+    if T_past + T > attn.block_size:
+        cached = f" after {T_past} cached positions ({T_past + T} in all)" if T_past else ""
+        raise ValueError(f"Cannot forward a sequence of length {T}{cached}, "
+                         f"block size is only {attn.block_size}")

@@ -277,10 +277,17 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("11_attention_scores", {
         0: "return q @ k.transpose(-2, -1)",                                        # forgets the scale
         1: "return torch.log(torch.exp(x) / torch.exp(x).sum(dim=dim, keepdim=True))",  # naive: overflows
-        2: "q, k = torch.randn(n, d_k, generator=g), torch.randn(n, d_k, generator=g)\n"
+        2: "q, k = torch.randn(n, head_size, generator=g), torch.randn(n, head_size, generator=g)\n"
            "dots = (q * k).sum(dim=-1)\n"
-           "return (dots / d_k if scaled else dots).var().item()",                    # divides by d_k
-        3: "i = torch.arange(T)[:, None]\nj = torch.arange(T)[None, :]\n"
-           "return (j <= i) & (j >= i - window)",                                     # one key too many
-        4: "return scaled_dot_product_attention(q, k, v, is_causal=True)",            # ignores the window
+           "return (dots / head_size if scaled else dots).var().item()",              # divides by head_size
+        3: "m = torch.full((*q.shape[:-1], 1), float('-inf'))\n"                       # never rescales what was kept
+           "l = torch.zeros(*q.shape[:-1], 1)\n"
+           "a = torch.zeros(*q.shape[:-1], v.size(-1))\n"
+           "for start in range(0, k.size(-2), chunk):\n"
+           "    s = q @ k[..., start:start + chunk, :].transpose(-2, -1) / math.sqrt(q.size(-1))\n"
+           "    m = torch.maximum(m, s.amax(dim=-1, keepdim=True))\n"
+           "    e = torch.exp(s - m)\n"
+           "    l = l + e.sum(dim=-1, keepdim=True)\n"
+           "    a = a + e @ v[..., start:start + chunk, :]\n"
+           "return a / l",
     })

@@ -252,13 +252,13 @@ def test_cache_respects_block_size_and_is_left_alone_on_error():
 def test_kv_cache_errors():
     cache = KVCache()
     cache.append(torch.zeros(2, 4, 3, 8), torch.zeros(2, 4, 3, 8))
-    with pytest.raises(ValueError, match=r"holds keys of shape \(2, 4, 3, 8\).*\(1, 4, 1, 8\).*B, nh and hs must match"):
+    with pytest.raises(ValueError, match=r"holds keys of shape \(2, 4, 3, 8\).*\(1, 4, 1, 8\).*B, n_head and head_size must match"):
         cache.append(torch.zeros(1, 4, 1, 8), torch.zeros(1, 4, 1, 8))
-    with pytest.raises(ValueError, match=r"one shape \(B, nh, T, hs\).*\(2, 4, 1, 8\).*\(2, 4, 2, 8\)"):
+    with pytest.raises(ValueError, match=r"one shape \(B, n_head, T, head_size\).*\(2, 4, 1, 8\).*\(2, 4, 2, 8\)"):
         cache.append(torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 2, 8))
     assert len(cache) == 3
     attn = module()
-    with pytest.raises(ValueError, match="B, nh and hs must match"):        # a batch of 3 after a batch of 2
+    with pytest.raises(ValueError, match="B, n_head and head_size must match"):        # a batch of 3 after a batch of 2
         filled = KVCache()
         attn(randn(2, 3, 32), kv_cache=filled)
         attn(randn(3, 1, 32), kv_cache=filled)
@@ -310,10 +310,10 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         0: "return torch.ones(T_new, T_past + T_new, dtype=torch.bool).tril()",          # forgets the shift
         1: "return n_layer * batch * T * n_kv_head * head_size * bytes_per_number",       # keys only
         2: "q, k, v = attn.c_attn(x).split(C, dim=2)\n"                                   # forgets the mask
-           "q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))\n"
+           "q, k, v = (t.view(B, T, n_head, head_size).transpose(1, 2) for t in (q, k, v))\n"
            "y = F.scaled_dot_product_attention(q, k, v)\n"
            "W = attn.c_proj.weight\n"
-           "return torch.stack([y[:, h] @ W[:, h * hs:(h + 1) * hs].T for h in range(nh)])",
+           "return torch.stack([y[:, h] @ W[:, h * head_size:(h + 1) * head_size].T for h in range(n_head)])",
         3: "self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, n_embd // n_head\n"   # no sharing
            "self.q_proj = nn.Linear(n_embd, n_embd, bias=bias)\n"
            "self.kv_proj = nn.Linear(n_embd, 2 * n_embd, bias=bias)\n"

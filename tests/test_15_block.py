@@ -167,12 +167,11 @@ def test_bad_inputs_give_clear_errors():
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("15_block", {
-        0: "return 12 * n_embd ** 2 + 13 * n_embd",                                   # forgets bias=False
-        1: "x = x + attn(ln_1(x))\nreturn x + mlp(ln_2(x))",                            # the pre-norm block again
+        0: "return (4 + 2 * expansion) * n_embd ** 2 + (9 + expansion) * n_embd",     # forgets bias=False
+        1: "a = block.attn(block.ln_1(x))\nreturn a, block.mlp(block.ln_2(x))",         # the MLP reads the old stream
         2: "return x + self.attn(self.ln_1(x)) + self.mlp(x)",                          # the MLP reads the raw stream
-        3: "return self.w2(F.gelu(self.w1(h)) * self.w3(h))",                           # GELU, not SiLU
-        4: "self.attention_norm = LayerNorm(n_embd, bias=False)\n"                      # LayerNorm, not RMSNorm
-           "self.attn = CausalSelfAttention(n_embd, n_head, block_size, bias=False)\n"
-           "self.ffn_norm = LayerNorm(n_embd, bias=False)\nself.ffn = SwiGLU(n_embd, hidden)",
-        5: "x = x + self.attn(self.attention_norm(x))\nreturn self.ffn(self.ffn_norm(x))",   # drops the second residual
+        3: "if not self.training:\n    return super().forward(x)\n"                     # forgets the 1 / (1 - p) scale
+           "keep = 1.0 - self.p_drop\n"
+           "x = x + (torch.rand(x.size(0), 1, 1) < keep).to(x.dtype) * self.attn(self.ln_1(x))\n"
+           "return x + (torch.rand(x.size(0), 1, 1) < keep).to(x.dtype) * self.mlp(self.ln_2(x))",
     })
