@@ -34,11 +34,11 @@ class CausalAttention(FusedQKVAttention):
     the output at position t depends only on the tokens at positions 0..t.
 
     Same constructor, forward (B, T, C) -> (B, T, C) and attention_weights (B, T, C) ->
-    (B, nh, T, T) as FusedQKVAttention; its weights are zero above the diagonal. The first
+    (B, n_head, T, T) as FusedQKVAttention; its weights are zero above the diagonal. The first
     token can see only itself, so its output is its own value.
     """
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        scores = super().scores(q, k)                                  # (B, nh, T, T)
+        scores = super().scores(q, k)                                  # (B, n_head, T, T)
         mask = causal_mask(scores.shape[-1], device=scores.device)     # (T, T), the same for every batch and head
         return scores.masked_fill(~mask, float("-inf"))                # later keys: -inf, weight exactly 0

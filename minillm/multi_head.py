@@ -16,60 +16,73 @@ import torch.nn as nn
 from minillm.self_attention import AttentionHead
 
 
+class MultiHeadAttention(nn.Module):
+    """n_head attention heads on the same input, outputs concatenated.
+
+    For x of shape (B, T, n_embd) (or a single sequence (T, n_embd)):
+
+        heads[i](x)                                     (B, T, head_size) for each head
+        output = cat([heads[0](x), ..., heads[-1](x)])  (B, T, n_head * head_size)
+
+    head_size defaults to n_embd // n_head, so that the output has n_embd numbers per token
+    again. MultiHeadAttention(8, 4) has four heads of size 2 and 3 * 8 * 8 = 192 parameters,
+    as many as one head of size 8.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, head_size: int | None = None, bias: bool = False):
+        super().__init__()
+        head_size = n_embd // n_head if head_size is None else head_size
+        self.n_embd, self.n_head, self.head_size = n_embd, n_head, head_size
+        self.heads = nn.ModuleList([AttentionHead(n_embd, head_size, bias=bias) for _ in range(n_head)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_embd) -> (B, T, n_head * head_size): the heads' outputs side by side."""
+        return torch.cat([head(x) for head in self.heads], dim=-1)   # n_head x (B, T, head_size) -> (B, T, n_head * head_size)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_embd) -> (B, n_head, T, T): each head's attention map."""
+        return torch.stack([head.attention_weights(x) for head in self.heads], dim=-3)   # (B, n_head, T, T)
+
+    def extra_repr(self) -> str:
+        return f"n_embd={self.n_embd}, n_head={self.n_head}, head_size={self.head_size}"
+
+
 def _check_size(who: str, name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
 
 
-class MultiHeadAttention(nn.Module):
-    """n_head attention heads on the same input, outputs concatenated.
+class MultiHeadAttention(MultiHeadAttention):
+    """MultiHeadAttention (above) with its sizes checked when it is built and its input when
+    it enters; the maths is inherited. n_embd must be divisible by n_head unless head_size
+    is given."""
 
-    For x of shape (B, T, d_model) (or a single sequence (T, d_model)):
-
-        heads[i](x)                                    (B, T, head_size) for each head
-        output = cat([heads[0](x), ..., heads[-1](x)])  (B, T, n_head * head_size)
-
-    head_size defaults to d_model // n_head, so that the output has d_model numbers per
-    token again; d_model must then be divisible by n_head.
-    Worked example: MultiHeadAttention(8, 4) has four heads of size 2 and
-    3 * 8 * 8 = 192 parameters, as many as one head of size 8; its output for
-    x of shape (1, 10, 8) is (1, 10, 8), its attention weights (1, 4, 10, 10).
-    """
-
-    def __init__(self, d_model: int, n_head: int, head_size: int | None = None, bias: bool = False):
-        super().__init__()
-        _check_size("MultiHeadAttention", "d_model", d_model)
+    def __init__(self, n_embd: int, n_head: int, head_size: int | None = None, bias: bool = False):
+        _check_size("MultiHeadAttention", "n_embd", n_embd)
         _check_size("MultiHeadAttention", "n_head", n_head)
-        if head_size is None:
-            if d_model % n_head != 0:
-                raise ValueError(f"MultiHeadAttention: d_model={d_model} is not divisible by n_head={n_head}, "
-                                 f"so the heads cannot share it equally; choose an n_head that divides "
-                                 f"d_model, or give head_size")
-            head_size = d_model // n_head
-        _check_size("MultiHeadAttention", "head_size", head_size)
-        self.d_model, self.n_head, self.head_size = d_model, n_head, head_size
-        self.heads = nn.ModuleList([AttentionHead(d_model, head_size, bias=bias) for _ in range(n_head)])
+        if head_size is None and n_embd % n_head != 0:
+            raise ValueError(f"MultiHeadAttention: n_embd={n_embd} is not divisible by n_head={n_head}, "
+                             f"so the heads cannot share it equally; choose an n_head that divides "
+                             f"n_embd, or give head_size")
+        if head_size is not None:
+            _check_size("MultiHeadAttention", "head_size", head_size)
+        super().__init__(n_embd, n_head, head_size, bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"MultiHeadAttention expects a floating-point tensor, got {what}")
         if x.dim() < 2:
-            raise ValueError(f"MultiHeadAttention expects x of shape (B, T, d_model) or (T, d_model), "
+            raise ValueError(f"MultiHeadAttention expects x of shape (B, T, n_embd) or (T, n_embd), "
                              f"got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"MultiHeadAttention was built for d_model={self.d_model}, but the input's "
+        if x.shape[-1] != self.n_embd:
+            raise ValueError(f"MultiHeadAttention was built for n_embd={self.n_embd}, but the input's "
                              f"last dimension is {x.shape[-1]} (shape {tuple(x.shape)})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, n_head * head_size): the heads' outputs side by side."""
         self._check_input(x)
-        return torch.cat([head(x) for head in self.heads], dim=-1)   # n_head x (B, T, hs) -> (B, T, nh * hs)
+        return super().forward(x)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_model) -> (B, n_head, T, T): each head's attention map."""
         self._check_input(x)
-        return torch.stack([head.attention_weights(x) for head in self.heads], dim=-3)   # (B, nh, T, T)
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_head={self.n_head}, head_size={self.head_size}"
+        return super().attention_weights(x)

@@ -28,7 +28,7 @@ def _check_positive_int(who: str, name: str, value) -> None:
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """Cut the last dimension into n_head consecutive slices, one per head, and move the
-    heads in front of time: (B, T, n_head * hs) -> (B, n_head, T, hs).
+    heads in front of time: (B, T, n_head * head_size) -> (B, n_head, T, head_size).
 
     split_heads(torch.arange(6.).view(1, 1, 6), n_head=2) -> [[[[0., 1., 2.]], [[3., 4., 5.]]]]
     (head 0 gets features 0-2 of the token, head 1 features 3-5)."""
@@ -38,42 +38,84 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
         raise ValueError(f"split_heads expects a (B, T, C) tensor, got {got}")
     if x.shape[-1] % n_head:
         raise ValueError(f"split_heads: the last dimension, {x.shape[-1]}, is not divisible by n_head={n_head}")
-    return rearrange(x, "b t (h d) -> b h t d", h=n_head)         # (B, nh, T, hs)
+    return rearrange(x, "b t (n_head head_size) -> b n_head t head_size", n_head=n_head)   # (B, n_head, T, head_size)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """Glue the heads back side by side, head 0's features first: (B, nh, T, hs) -> (B, T, nh * hs).
+    """Glue the heads back side by side, head 0's features first: (B, n_head, T, head_size) -> (B, T, n_head * head_size).
     The inverse of split_heads: merge_heads(split_heads(x, n)) equals x."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"merge_heads expects a (B, nh, T, hs) tensor, got {got}")
-    return rearrange(x, "b h t d -> b t (h d)")                   # (B, T, nh * hs)
+        raise ValueError(f"merge_heads expects a (B, n_head, T, head_size) tensor, got {got}")
+    return rearrange(x, "b n_head t head_size -> b t (n_head head_size)")                  # (B, T, n_head * head_size)
 
 
 class FusedQKVAttention(nn.Module):
     """Multi-head self-attention with one fused projection for queries, keys and values.
 
-    `qkv` maps each token's d_model numbers to 3 * d_model, laid out [q | k | v], each of
-    the three cut into n_head heads of head_size = d_model // n_head (GPT-2's c_attn
-    layout). Each head computes softmax(q k^T / sqrt(head_size)) v, all heads in one batched
-    product, and the heads' outputs are concatenated: the same function as lesson 08's
-    MultiHeadAttention. There is no mask (lesson 10) and no output projection (lesson 12).
-
-    With d_model=4 and n_head=2, qkv(x) has 12 features per token: q of head 0 (features
-    0-1), q of head 1 (2-3), k of head 0 (4-5), k of head 1 (6-7), v of head 0 (8-9) and
-    v of head 1 (10-11).
+    `qkv` maps each token's n_embd numbers to 3 * n_embd, laid out [q | k | v], each of
+    the three cut into n_head heads of head_size = n_embd // n_head (GPT-2's c_attn
+    layout): with n_embd=4 and n_head=2, features 0-1 are head 0's query, 2-3 head 1's,
+    4-7 the two keys, 8-11 the two values. The same function as lesson 08's
+    MultiHeadAttention; no mask (lesson 10) and no output projection (lesson 12).
     """
 
-    def __init__(self, d_model: int, n_head: int, bias: bool = False):
+    def __init__(self, n_embd: int, n_head: int, bias: bool = False):
         super().__init__()
+        self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)     # rows: W_q, W_k, W_v, each head 0 first
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every head's queries, keys and values: (B, T, C) -> three (B, n_head, T, head_size) tensors."""
+        q, k, v = self.qkv(x).split(self.n_embd, dim=-1)         # each (B, T, C)
+        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """How well each query matches each key, scaled: (B, n_head, T, head_size) twice -> (B, n_head, T, T)."""
+        return q @ k.transpose(-2, -1) / math.sqrt(self.head_size)   # (B, n_head, T, T)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Where each token of each head looks: (B, T, C) -> (B, n_head, T, T), rows summing to 1."""
+        q, k, _ = self.project(x)
+        return torch.softmax(self.scores(q, k), dim=-1)            # (B, n_head, T, T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x)                                  # each (B, n_head, T, head_size)
+        weights = torch.softmax(self.scores(q, k), dim=-1)         # (B, n_head, T, T)
+        return merge_heads(weights @ v)                            # (B, n_head, T, head_size) -> (B, T, C)
+
+    @classmethod
+    def from_multi_head(cls, mha: MultiHeadAttention) -> "FusedQKVAttention":
+        """A fused module that computes exactly what lesson 08's `mha` computes: head i's query
+        weight becomes rows i * head_size to (i + 1) * head_size of the query block of `qkv`,
+        and the same for keys and values (biases too, if the heads have them)."""
+        heads = list(mha.heads)
+        n_embd, bias = mha.n_embd, heads[0].query.bias is not None
+        fused = cls(n_embd, len(heads), bias=bias).to(heads[0].query.weight)   # same device and dtype
+        with torch.no_grad():
+            for i, role in enumerate(("query", "key", "value")):
+                rows = slice(i * n_embd, (i + 1) * n_embd)                    # the W_q, W_k or W_v block
+                fused.qkv.weight[rows] = torch.cat([getattr(h, role).weight for h in heads])   # (C, C)
+                if bias:
+                    fused.qkv.bias[rows] = torch.cat([getattr(h, role).bias for h in heads])   # (C,)
+        return fused
+
+    def extra_repr(self) -> str:
+        return f"n_embd={self.n_embd}, n_head={self.n_head}, head_size={self.head_size}"
+
+
+class FusedQKVAttention(FusedQKVAttention):
+    """FusedQKVAttention (above) with its sizes checked when it is built and its input when
+    it enters; the maths is inherited."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool = False):
         who = type(self).__name__
-        _check_positive_int(who, "d_model", d_model)
+        _check_positive_int(who, "n_embd", n_embd)
         _check_positive_int(who, "n_head", n_head)
-        if d_model % n_head:
-            raise ValueError(f"{who}: d_model={d_model} is not divisible by n_head={n_head}; "
+        if n_embd % n_head:
+            raise ValueError(f"{who}: n_embd={n_embd} is not divisible by n_head={n_head}; "
                              f"the heads must split it into equal parts")
-        self.d_model, self.n_head, self.head_size = d_model, n_head, d_model // n_head
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)     # rows: W_q, W_k, W_v, each head 0 first
+        super().__init__(n_embd, n_head, bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         who = type(self).__name__
@@ -82,52 +124,21 @@ class FusedQKVAttention(nn.Module):
             raise TypeError(f"{who} expects a floating-point tensor, got {what}")
         if x.dim() != 3:
             raise ValueError(f"{who} expects a (B, T, C) tensor, got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"{who} was built for d_model={self.d_model}, but the input's last dimension "
+        if x.shape[-1] != self.n_embd:
+            raise ValueError(f"{who} was built for n_embd={self.n_embd}, but the input's last dimension "
                              f"is {x.shape[-1]} (shape {tuple(x.shape)})")
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every head's queries, keys and values: (B, T, C) -> three (B, nh, T, hs) tensors."""
-        self._check_input(x)
-        q, k, v = self.qkv(x).split(self.d_model, dim=-1)         # each (B, T, C)
-        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
-
-    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """How well each query matches each key, scaled: (B, nh, T, hs) twice -> (B, nh, T, T)."""
-        return q @ k.transpose(-2, -1) / math.sqrt(self.head_size)   # (B, nh, T, T)
-
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Where each token of each head looks: (B, T, C) -> (B, nh, T, T), rows summing to 1."""
-        q, k, _ = self.project(x)
-        return torch.softmax(self.scores(q, k), dim=-1)            # (B, nh, T, T)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.project(x)                                  # each (B, nh, T, hs)
-        weights = torch.softmax(self.scores(q, k), dim=-1)         # (B, nh, T, T)
-        return merge_heads(weights @ v)                            # (B, nh, T, hs) -> (B, T, C)
+        self._check_input(x)                                       # forward and attention_weights go through here
+        return super().project(x)
 
     @classmethod
     def from_multi_head(cls, mha: MultiHeadAttention) -> "FusedQKVAttention":
-        """A fused module that computes exactly what lesson 08's `mha` computes: the query
-        weights of head h become rows h * hs to (h + 1) * hs of the query block of `qkv`,
-        and the same for keys and values (biases too, if the heads have them)."""
         if not isinstance(mha, MultiHeadAttention):
             raise TypeError(f"{cls.__name__}.from_multi_head expects a MultiHeadAttention, got {type(mha).__name__}")
-        heads = list(mha.heads)
-        head_size, d_model = heads[0].query.weight.shape
-        if len(heads) * head_size != d_model:
-            raise ValueError(f"{cls.__name__}.from_multi_head needs heads that together are d_model wide: "
-                             f"{len(heads)} heads of head_size={head_size} make {len(heads) * head_size}, "
-                             f"but d_model={d_model}")
-        bias = heads[0].query.bias is not None
-        fused = cls(d_model, len(heads), bias=bias).to(heads[0].query.weight)   # same device and dtype
-        with torch.no_grad():
-            for i, role in enumerate(("query", "key", "value")):
-                rows = slice(i * d_model, (i + 1) * d_model)                    # the W_q, W_k or W_v block
-                fused.qkv.weight[rows] = torch.cat([getattr(h, role).weight for h in heads])   # (C, C)
-                if bias:
-                    fused.qkv.bias[rows] = torch.cat([getattr(h, role).bias for h in heads])   # (C,)
-        return fused
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_head={self.n_head}, head_size={self.head_size}"
+        head_size, n_embd = mha.heads[0].query.weight.shape
+        if len(mha.heads) * head_size != n_embd:
+            raise ValueError(f"{cls.__name__}.from_multi_head needs heads that together are n_embd wide: "
+                             f"{len(mha.heads)} heads of head_size={head_size} make {len(mha.heads) * head_size}, "
+                             f"but n_embd={n_embd}")
+        return super().from_multi_head(mha)

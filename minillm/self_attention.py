@@ -17,62 +17,69 @@ import torch
 import torch.nn as nn
 
 
+class AttentionHead(nn.Module):
+    """One head of self-attention, without a mask.
+
+    For x of shape (B, T, n_embd) (or a single sequence (T, n_embd)):
+
+        q, k, v = x W_q^T, x W_k^T, x W_v^T                each (B, T, head_size); W is (out, in)
+        weights = softmax(q k^T / sqrt(head_size))         (B, T, T), rows sum to 1
+        output  = weights v                                (B, T, head_size)
+
+    Worked example (section 2): with n_embd=4, head_size=3 and the hand-set weights,
+    "it" puts exp(3.464) / 46.98 = 0.680 of its attention on "animal".
+    """
+
+    def __init__(self, n_embd: int, head_size: int, bias: bool = False):
+        super().__init__()
+        self.n_embd, self.head_size = n_embd, head_size
+        self.query = nn.Linear(n_embd, head_size, bias=bias)   # what each token looks for
+        self.key = nn.Linear(n_embd, head_size, bias=bias)     # what each token offers to be found by
+        self.value = nn.Linear(n_embd, head_size, bias=bias)   # what each token hands over
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_embd) -> (B, T, T): row t is how token t spreads its attention over
+        all T tokens (positive, summing to 1)."""
+        q = self.query(x)                                              # (B, T, head_size)
+        k = self.key(x)                                                # (B, T, head_size)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)   # (B, T, head_size) @ (B, head_size, T) -> (B, T, T)
+        return torch.softmax(scores, dim=-1)                           # (B, T, T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_embd) -> (B, T, head_size): each token's weighted average of the values."""
+        weights = self.attention_weights(x)                            # (B, T, T)
+        v = self.value(x)                                              # (B, T, head_size)
+        return weights @ v                                             # (B, T, T) @ (B, T, head_size) -> (B, T, head_size)
+
+    def extra_repr(self) -> str:
+        return f"n_embd={self.n_embd}, head_size={self.head_size}"
+
+
 def _check_size(who: str, name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
 
 
-class AttentionHead(nn.Module):
-    """One head of self-attention, without a mask.
+class AttentionHead(AttentionHead):
+    """AttentionHead (above) with its sizes checked when it is built and its input when it
+    enters; the maths is inherited."""
 
-    For x of shape (B, T, d_model) (or a single sequence (T, d_model)):
-
-        q, k, v = x W_q, x W_k, x W_v                      each (B, T, head_size)
-        weights = softmax(q k^T / sqrt(head_size))         (B, T, T), rows sum to 1
-        output  = weights v                                (B, T, head_size)
-
-    Worked example: d_model=4, head_size=3, the query of "it" is [3, 3, 0], the keys of
-    "animal" and "street" are [1, 1, 0] and [1, 0, 0], seven other keys score 0 against
-    it (they are zero or hold only the action feature, which "it" does not ask for), and
-    the key of "tired" is [0, 0.5, 0]. The scores divided by sqrt(3) are 3.464, 1.732, 0.866 and 0, so the
-    softmax gives "animal" exp(3.464) / (exp(3.464) + exp(1.732) + exp(0.866) + 7) =
-    31.95 / 46.98 = 0.680 of the attention of "it".
-    """
-
-    def __init__(self, d_model: int, head_size: int, bias: bool = False):
-        super().__init__()
-        _check_size("AttentionHead", "d_model", d_model)
+    def __init__(self, n_embd: int, head_size: int, bias: bool = False):
+        _check_size("AttentionHead", "n_embd", n_embd)
         _check_size("AttentionHead", "head_size", head_size)
-        self.d_model, self.head_size = d_model, head_size
-        self.query = nn.Linear(d_model, head_size, bias=bias)   # what each token looks for
-        self.key = nn.Linear(d_model, head_size, bias=bias)     # what each token offers to be found by
-        self.value = nn.Linear(d_model, head_size, bias=bias)   # what each token hands over
+        super().__init__(n_embd, head_size, bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"AttentionHead expects a floating-point tensor, got {what}")
         if x.dim() < 2:
-            raise ValueError(f"AttentionHead expects x of shape (B, T, d_model) or (T, d_model), "
+            raise ValueError(f"AttentionHead expects x of shape (B, T, n_embd) or (T, n_embd), "
                              f"got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"AttentionHead was built for d_model={self.d_model}, but the input's last "
+        if x.shape[-1] != self.n_embd:
+            raise ValueError(f"AttentionHead was built for n_embd={self.n_embd}, but the input's last "
                              f"dimension is {x.shape[-1]} (shape {tuple(x.shape)})")
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, T): row t is how token t spreads its attention over
-        all T tokens (positive, summing to 1)."""
-        self._check_input(x)
-        q = self.query(x)                                           # (B, T, hs)
-        k = self.key(x)                                             # (B, T, hs)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
-        return torch.softmax(scores, dim=-1)                        # (B, T, T)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, head_size): each token's weighted average of the values."""
-        weights = self.attention_weights(x)                         # (B, T, T)
-        v = self.value(x)                                           # (B, T, hs)
-        return weights @ v                                          # (B, T, T) @ (B, T, hs) -> (B, T, hs)
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, head_size={self.head_size}"
+        self._check_input(x)                                           # forward goes through here too
+        return super().attention_weights(x)

@@ -40,7 +40,7 @@ def test_structure_and_parameters():
     with_bias = AttentionHead(32, 8, bias=True)
     assert all(layer.bias is not None for layer in (with_bias.query, with_bias.key, with_bias.value))
     assert sum(p.numel() for p in with_bias.parameters()) == 3 * (32 * 8 + 8)
-    assert head.d_model == 32 and head.head_size == 8 and "d_model=32, head_size=8" in repr(head)
+    assert head.n_embd == 32 and head.head_size == 8 and "n_embd=32, head_size=8" in repr(head)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 16), (1, 1, 16), (3, 17, 16), (5, 16), (2, 3, 4, 16)])
@@ -137,11 +137,11 @@ def test_edge_cases():
 
 def test_a_wrong_last_dimension_names_both_sizes():
     head = AttentionHead(32, 8)
-    with pytest.raises(ValueError, match=r"built for d_model=32, but the input's last dimension is 48 \(shape \(2, 5, 48\)\)"):
+    with pytest.raises(ValueError, match=r"built for n_embd=32, but the input's last dimension is 48 \(shape \(2, 5, 48\)\)"):
         head(torch.randn(2, 5, 48))
-    with pytest.raises(ValueError, match=r"d_model=32.*last dimension is 31"):
+    with pytest.raises(ValueError, match=r"n_embd=32.*last dimension is 31"):
         head.attention_weights(torch.randn(4, 31))
-    with pytest.raises(ValueError, match=r"shape \(B, T, d_model\) or \(T, d_model\), got shape \(32,\)"):
+    with pytest.raises(ValueError, match=r"shape \(B, T, n_embd\) or \(T, n_embd\), got shape \(32,\)"):
         head(torch.randn(32))
 
 
@@ -153,10 +153,10 @@ def test_bad_input_types_are_refused():
         head([[1.0, 2.0, 3.0, 4.0]])
 
 
-@pytest.mark.parametrize("name, args", [("d_model", (0, 4)), ("d_model", (-3, 4)), ("d_model", (2.5, 4)),
-                                        ("d_model", (True, 4)), ("head_size", (8, 0)), ("head_size", (8, "4"))])
+@pytest.mark.parametrize("name, args", [("n_embd", (0, 4)), ("n_embd", (-3, 4)), ("n_embd", (2.5, 4)),
+                                        ("n_embd", (True, 4)), ("head_size", (8, 0)), ("head_size", (8, "4"))])
 def test_bad_configuration_is_refused(name, args):
-    bad = args[0] if name == "d_model" else args[1]
+    bad = args[0] if name == "n_embd" else args[1]
     with pytest.raises(ValueError, match=rf"AttentionHead: {name} must be a positive integer, got {bad!r}"):
         AttentionHead(*args)
 

@@ -13,7 +13,7 @@ from numerics import assert_close64
 
 def torch_reference(mha: MultiHeadAttention, bias: bool) -> nn.MultiheadAttention:
     """nn.MultiheadAttention with our heads' weights packed into in_proj and an identity output projection."""
-    C = mha.d_model
+    C = mha.n_embd
     ref = nn.MultiheadAttention(C, mha.n_head, bias=bias, batch_first=True)
     with torch.no_grad():
         for i, name in enumerate(("query", "key", "value")):
@@ -29,14 +29,14 @@ def torch_reference(mha: MultiHeadAttention, bias: bool) -> nn.MultiheadAttentio
 def test_structure_and_defaults():
     mha = MultiHeadAttention(32, 4)
     assert isinstance(mha.heads, nn.ModuleList) and len(mha.heads) == 4
-    assert all(type(h) is AttentionHead and h.d_model == 32 and h.head_size == 8 for h in mha.heads)
-    assert mha.head_size == 8 and mha.n_head == 4 and mha.d_model == 32
+    assert all(type(h) is AttentionHead and h.n_embd == 32 and h.head_size == 8 for h in mha.heads)
+    assert mha.head_size == 8 and mha.n_head == 4 and mha.n_embd == 32
     assert sum(p.numel() for p in mha.parameters()) == 3 * 32 * 32                 # as many as one head of size 32
     assert [n for n, _ in mha.named_parameters()][:3] == ["heads.0.query.weight", "heads.0.key.weight", "heads.0.value.weight"]
     assert all(h.query.bias is not None for h in MultiHeadAttention(32, 4, bias=True).heads)
     wide = MultiHeadAttention(10, 3, head_size=7)                                   # an explicit head size need not divide
     assert wide.head_size == 7 and wide(torch.randn(2, 5, 10)).shape == (2, 5, 21)
-    assert "d_model=32, n_head=4, head_size=8" in repr(mha)
+    assert "n_embd=32, n_head=4, head_size=8" in repr(mha)
     a, b = MultiHeadAttention(8, 2).heads                                            # heads start different
     assert not torch.equal(a.query.weight, b.query.weight)
 
@@ -145,14 +145,14 @@ def test_gradcheck_and_large_inputs():
 
 
 def test_d_model_not_divisible_by_n_head_names_both():
-    with pytest.raises(ValueError, match=r"d_model=30 is not divisible by n_head=4"):
+    with pytest.raises(ValueError, match=r"n_embd=30 is not divisible by n_head=4"):
         MultiHeadAttention(30, 4)
-    with pytest.raises(ValueError, match=r"d_model=7 is not divisible by n_head=2.*give head_size"):
+    with pytest.raises(ValueError, match=r"n_embd=7 is not divisible by n_head=2.*give head_size"):
         MultiHeadAttention(7, 2)
     assert MultiHeadAttention(7, 2, head_size=3).head_size == 3                     # with head_size it is allowed
 
 
-@pytest.mark.parametrize("args, name, bad", [((0, 2), "d_model", 0), ((8, 0), "n_head", 0), ((8, -2), "n_head", -2),
+@pytest.mark.parametrize("args, name, bad", [((0, 2), "n_embd", 0), ((8, 0), "n_head", 0), ((8, -2), "n_head", -2),
                                              ((8, 2.0), "n_head", 2.0), ((8, True), "n_head", True),
                                              ((8, 2, 0), "head_size", 0), ((8, 2, "4"), "head_size", "4")])
 def test_bad_configuration_is_refused(args, name, bad):
@@ -163,9 +163,9 @@ def test_bad_configuration_is_refused(args, name, bad):
 def test_bad_input_is_refused_where_it_enters():
     mha = MultiHeadAttention(32, 4)
     for call in (mha, mha.attention_weights):
-        with pytest.raises(ValueError, match=r"MultiHeadAttention was built for d_model=32, but the input's last dimension is 48 \(shape \(2, 5, 48\)\)"):
+        with pytest.raises(ValueError, match=r"MultiHeadAttention was built for n_embd=32, but the input's last dimension is 48 \(shape \(2, 5, 48\)\)"):
             call(torch.randn(2, 5, 48))
-    with pytest.raises(ValueError, match=r"\(B, T, d_model\) or \(T, d_model\), got shape \(32,\)"):
+    with pytest.raises(ValueError, match=r"\(B, T, n_embd\) or \(T, n_embd\), got shape \(32,\)"):
         mha(torch.randn(32))
     with pytest.raises(TypeError, match="MultiHeadAttention expects a floating-point tensor, got dtype torch.int64"):
         mha(torch.zeros(1, 2, 32, dtype=torch.long))
@@ -179,9 +179,7 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         1: "return -(weights * weights.log()).sum(dim=-1).mean(dim=-1)",               # 0 * log 0 = nan
         2: "head.query.weight[0, T_POS] = 2 * a\nhead.query.bias.copy_(torch.tensor([-2 * a, -a]))\n"   # one word back
            "head.key.weight[0, T_POS] = 1.0\nhead.key.weight[1, T2_POS] = 1.0",
-        3: "ks = [key(x) for key in self.keys]\nvs = [value(x) for value in self.values]\nouts = []\n"   # interleaved groups
-           "for h, query in enumerate(self.queries):\n"
-           "    q, k, v = query(x), ks[h % self.n_kv_head], vs[h % self.n_kv_head]\n"
-           "    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_size), dim=-1)\n"
-           "    outs.append(w @ v)\nreturn torch.cat(outs, dim=-1)",
+        3: "first = heads[0]\n"                                                         # copies, as the lesson did: not the heads
+           "layer = MultiHeadAttention(first.n_embd, len(heads), head_size=first.head_size, bias=first.query.bias is not None)\n"
+           "for mine, h in zip(layer.heads, heads):\n    mine.load_state_dict(h.state_dict())\nreturn layer",
     })

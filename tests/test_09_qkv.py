@@ -40,12 +40,12 @@ def test_split_and_merge_refuse_bad_input():
     for bad in (0, -2, 2.0, True):
         with pytest.raises(ValueError, match=rf"split_heads: n_head must be a positive integer, got {bad!r}"):
             split_heads(torch.randn(1, 2, 4), bad)
-    with pytest.raises(ValueError, match=r"merge_heads expects a \(B, nh, T, hs\) tensor, got shape \(2, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"merge_heads expects a \(B, n_head, T, head_size\) tensor, got shape \(2, 3, 4\)"):
         merge_heads(torch.randn(2, 3, 4))
 
 
 def test_the_fused_layout_is_q_k_v_with_head_0_first():
-    """The docstring's example: d_model=4, n_head=2, 12 features per token."""
+    """The docstring's example: n_embd=4, n_head=2, 12 features per token."""
     attn = FusedQKVAttention(4, 2)
     with torch.no_grad():                                   # output feature i of qkv is (i + 1) * x[0]
         attn.qkv.weight.zero_()
@@ -59,15 +59,15 @@ def test_the_fused_layout_is_q_k_v_with_head_0_first():
 CONFIGS = [(12, 3, False), (32, 4, True), (16, 1, False), (8, 8, True), (24, 6, False)]
 
 
-@pytest.mark.parametrize("d_model,n_head,bias", CONFIGS)
-def test_equal_to_lesson_08_in_values_weights_and_gradients(d_model, n_head, bias):
+@pytest.mark.parametrize("n_embd,n_head,bias", CONFIGS)
+def test_equal_to_lesson_08_in_values_weights_and_gradients(n_embd, n_head, bias):
     """In float64: one big product and per-head products sum in different orders, and in float32
     that order (the CPU's choice) would show in the last digits."""
-    torch.manual_seed(d_model + n_head)
-    mha = MultiHeadAttention(d_model, n_head, bias=bias)
+    torch.manual_seed(n_embd + n_head)
+    mha = MultiHeadAttention(n_embd, n_head, bias=bias)
     fused = FusedQKVAttention.from_multi_head(mha)
-    x = torch.randn(3, 7, d_model)
-    upstream = torch.randn(3, 7, d_model)
+    x = torch.randn(3, 7, n_embd)
+    upstream = torch.randn(3, 7, n_embd)
     mha, fused, x, upstream = mha.double(), fused.double(), x.double(), upstream.double()
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out1, out2 = fused(x1), mha(x2)
@@ -78,7 +78,7 @@ def test_equal_to_lesson_08_in_values_weights_and_gradients(d_model, n_head, bia
     assert_close64(x1.grad, x2.grad, what="x.grad")
     # the fused weight's gradient is the heads' gradients stacked in the same layout
     for i, role in enumerate(("query", "key", "value")):
-        rows = slice(i * d_model, (i + 1) * d_model)
+        rows = slice(i * n_embd, (i + 1) * n_embd)
         expected = torch.cat([getattr(h, role).weight.grad for h in mha.heads])
         assert_close64(fused.qkv.weight.grad[rows], expected, what=f"{role} weight grad")
         if bias:
@@ -114,7 +114,7 @@ def test_equal_to_torch_scaled_dot_product_attention():
     x = torch.randn(4, 11, 48)
     q, k, v = attn.project(x)
     assert q.shape == k.shape == v.shape == (4, 6, 11, 8)
-    expected = F.scaled_dot_product_attention(q, k, v)                   # (B, nh, T, hs)
+    expected = F.scaled_dot_product_attention(q, k, v)                   # (B, n_head, T, head_size)
     # float32 against torch's float32 kernel: both sum weight * value over the 11 keys, so they
     # agree to a few eps32 of sum |w| |v| (the scores' rounding enters at the same scale)
     scale = merge_heads(summands(attn.attention_weights(x), v))
@@ -156,46 +156,43 @@ def test_from_multi_head_copies_and_keeps_dtype():
     with torch.no_grad():
         fused.qkv.weight.zero_()                                         # a copy, not shared storage
     assert mha.heads[0].query.weight.abs().sum() > 0
-    assert (fused.n_head, fused.head_size, fused.d_model) == (2, 4, 8)
+    assert (fused.n_head, fused.head_size, fused.n_embd) == (2, 4, 8)
 
 
 def test_from_multi_head_refuses_what_it_cannot_fuse():
     with pytest.raises(TypeError, match=r"FusedQKVAttention.from_multi_head expects a MultiHeadAttention, got Linear"):
         FusedQKVAttention.from_multi_head(nn.Linear(4, 4))
     narrow = MultiHeadAttention(12, 3, head_size=2)                      # 3 heads of 2: 6 features, not 12
-    with pytest.raises(ValueError, match=r"3 heads of head_size=2 make 6, but d_model=12"):
+    with pytest.raises(ValueError, match=r"3 heads of head_size=2 make 6, but n_embd=12"):
         FusedQKVAttention.from_multi_head(narrow)
 
 
 def test_configuration_and_input_errors_name_the_values():
-    with pytest.raises(ValueError, match=r"FusedQKVAttention: d_model=10 is not divisible by n_head=3"):
+    with pytest.raises(ValueError, match=r"FusedQKVAttention: n_embd=10 is not divisible by n_head=3"):
         FusedQKVAttention(10, 3)
-    for name, args in (("d_model", (0, 1)), ("n_head", (8, 0)), ("d_model", (8.0, 2)), ("n_head", (8, True))):
+    for name, args in (("n_embd", (0, 1)), ("n_head", (8, 0)), ("n_embd", (8.0, 2)), ("n_head", (8, True))):
         with pytest.raises(ValueError, match=rf"FusedQKVAttention: {name} must be a positive integer"):
             FusedQKVAttention(*args)
     attn = FusedQKVAttention(12, 3)
-    with pytest.raises(ValueError, match=r"built for d_model=12, but the input's last dimension is 16 \(shape \(2, 5, 16\)\)"):
+    with pytest.raises(ValueError, match=r"built for n_embd=12, but the input's last dimension is 16 \(shape \(2, 5, 16\)\)"):
         attn(torch.randn(2, 5, 16))
     with pytest.raises(ValueError, match=r"expects a \(B, T, C\) tensor, got shape \(5, 12\)"):
         attn(torch.randn(5, 12))
-    with pytest.raises(ValueError, match=r"built for d_model=12, but the input's last dimension is 16"):
+    with pytest.raises(ValueError, match=r"built for n_embd=12, but the input's last dimension is 16"):
         attn.attention_weights(torch.randn(1, 2, 16))
     with pytest.raises(TypeError, match=r"floating-point tensor, got dtype torch.int64"):
         attn(torch.zeros(1, 2, 12, dtype=torch.long))
-    assert repr(attn).startswith("FusedQKVAttention(\n  d_model=12, n_head=3, head_size=4")
+    assert repr(attn).startswith("FusedQKVAttention(\n  n_embd=12, n_head=3, head_size=4")
 
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("09_qkv", {
-        0: "return x.reshape(B, n_head, T, C // n_head)",                           # right shape, wrong contents
+        0: "return y.transpose(1, 2).view(B, T, n_head * head_size)",               # view on a transposed tensor: raises
         1: "return torch.cat([torch.cat([h.query.weight, h.key.weight, h.value.weight]) for h in mha.heads])",  # interleaved per head
-        2: "scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
-           "return torch.softmax(scores, dim=-2) @ v",                                # softmax over the queries
-        3: "kv = self.n_kv_head * self.head_size\n"                                   # tiles the kv heads: [0, 1, 0, 1]
-           "q, k, v = self.qkv(x).split([self.d_model, kv, kv], dim=-1)\n"
-           "group = self.n_head // self.n_kv_head\n"
-           "q = split_heads(q, self.n_head)\n"
-           "k = split_heads(k, self.n_kv_head).repeat(1, group, 1, 1)\n"
-           "v = split_heads(v, self.n_kv_head).repeat(1, group, 1, 1)\n"
-           "return q, k, v",
+        2: "C, head_size = attn.n_embd, attn.head_size\nW = attn.qkv.weight\n"        # the transpose: keys ask, queries answer
+           "W_q = W[i * head_size:(i + 1) * head_size]\nW_k = W[C + i * head_size:C + (i + 1) * head_size]\n"
+           "return W_k.T @ W_q",
+        3: "q, k, v = self.project(x)\n"                                              # tiles the mask over the merged columns
+           "weights = torch.softmax(self.scores(q, k), dim=-1)\n"
+           "return merge_heads(weights @ v) * self.head_mask.repeat(self.head_size)",
     })

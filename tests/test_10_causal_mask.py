@@ -32,14 +32,14 @@ def test_causal_mask_refuses_a_bad_length():
 CONFIGS = [(12, 3, False), (32, 4, True), (8, 1, False), (16, 16, True)]
 
 
-@pytest.mark.parametrize("d_model,n_head,bias", CONFIGS)
-def test_equal_to_torch_causal_attention_in_values_and_gradients(d_model, n_head, bias):
+@pytest.mark.parametrize("n_embd,n_head,bias", CONFIGS)
+def test_equal_to_torch_causal_attention_in_values_and_gradients(n_embd, n_head, bias):
     """In float64: the same function, with no float32 summation order (the CPU's) in the way."""
-    torch.manual_seed(d_model + n_head)
-    attn = CausalAttention(d_model, n_head, bias=bias).double()
-    x1 = torch.randn(3, 10, d_model).double().requires_grad_()
+    torch.manual_seed(n_embd + n_head)
+    attn = CausalAttention(n_embd, n_head, bias=bias).double()
+    x1 = torch.randn(3, 10, n_embd).double().requires_grad_()
     x2 = x1.detach().clone().requires_grad_()
-    upstream = torch.randn(3, 10, d_model).double()
+    upstream = torch.randn(3, 10, n_embd).double()
     ours = attn(x1)
     q, k, v = attn.project(x2)
     theirs = merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
@@ -90,19 +90,19 @@ def test_the_first_token_outputs_its_own_value_and_the_last_sees_everything():
     assert not torch.allclose(attn(x)[:, :-1], plain(x)[:, :-1], atol=1e-3)
 
 
-@pytest.mark.parametrize("d_model,n_head,bias", CONFIGS)
+@pytest.mark.parametrize("n_embd,n_head,bias", CONFIGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_no_future_leakage_changing_token_t_plus_1(d_model, n_head, bias, dtype):
+def test_no_future_leakage_changing_token_t_plus_1(n_embd, n_head, bias, dtype):
     """The lesson's claim, on the module: for every t, changing token t + 1 leaves every output
     at positions <= t bit-for-bit unchanged, while the output at t + 1 does change."""
-    g = torch.Generator().manual_seed(d_model)
-    attn = CausalAttention(d_model, n_head, bias=bias).to(dtype)
-    x = torch.randn(3, 12, d_model, generator=g, dtype=dtype)
+    g = torch.Generator().manual_seed(n_embd)
+    attn = CausalAttention(n_embd, n_head, bias=bias).to(dtype)
+    x = torch.randn(3, 12, n_embd, generator=g, dtype=dtype)
     with torch.no_grad():
         before = attn(x)
         for t in range(x.shape[1] - 1):
             changed = x.clone()
-            changed[:, t + 1] = torch.randn(3, d_model, generator=g, dtype=dtype) * 5
+            changed[:, t + 1] = torch.randn(3, n_embd, generator=g, dtype=dtype) * 5
             after = attn(changed)
             assert torch.equal(after[:, :t + 1], before[:, :t + 1]), f"position <= {t} changed"
             assert not torch.allclose(after[:, t + 1], before[:, t + 1]), "the change at t + 1 must be real"
@@ -165,14 +165,14 @@ def test_from_multi_head_gives_a_causal_module_with_lesson_08s_weights():
 
 
 def test_errors_name_the_class_and_the_values():
-    with pytest.raises(ValueError, match=r"CausalAttention: d_model=10 is not divisible by n_head=4"):
+    with pytest.raises(ValueError, match=r"CausalAttention: n_embd=10 is not divisible by n_head=4"):
         CausalAttention(10, 4)
     attn = CausalAttention(12, 3)
-    with pytest.raises(ValueError, match=r"CausalAttention was built for d_model=12, but the input's last dimension is 8"):
+    with pytest.raises(ValueError, match=r"CausalAttention was built for n_embd=12, but the input's last dimension is 8"):
         attn(torch.randn(1, 4, 8))
     with pytest.raises(ValueError, match=r"CausalAttention expects a \(B, T, C\) tensor, got shape \(4, 12\)"):
         attn(torch.randn(4, 12))
-    assert repr(attn).startswith("CausalAttention(\n  d_model=12, n_head=3, head_size=4")
+    assert repr(attn).startswith("CausalAttention(\n  n_embd=12, n_head=3, head_size=4")
 
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
