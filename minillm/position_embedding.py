@@ -37,13 +37,13 @@ def sinusoidal_encoding(block_size: int, n_embd: int, base: float = 10000.0) -> 
     block_size, n_embd = _size("block_size", block_size, 1), _size("n_embd", n_embd, 1)
     if n_embd % 2:
         raise ValueError(f"n_embd must be even for a sinusoidal encoding (sin/cos pairs), got {n_embd}")
-    pos = torch.arange(block_size, dtype=torch.float64).unsqueeze(1)                # (T, 1)
+    pos = torch.arange(block_size, dtype=torch.float64).unsqueeze(1)                # (block_size, 1)
     omega = base ** (-torch.arange(0, n_embd, 2, dtype=torch.float64) / n_embd)     # (C/2,)
-    angles = pos * omega                                                            # (T, C/2)
+    angles = pos * omega                                                            # (block_size, C/2)
     pe = torch.empty(block_size, n_embd, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(angles)
     pe[:, 1::2] = torch.cos(angles)
-    return pe.float()                                                               # (T, C)
+    return pe.float()                                                               # (block_size, C)
 
 
 class LearnedPositionEmbedding(nn.Module):
