@@ -39,7 +39,7 @@ class CausalSelfAttention(nn.Module):
 
     The projection on one token: heads [0.5, -1] and [2, 0], concatenated [0.5, -1, 2, 0],
     times c_proj.weight [[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, -1]] give
-    [0.5, 1, -0.5, 2] = head 1's columns times [0.5, -1] + head 2's columns times [2, 0].
+    [0.5, 1, -0.5, 2] = head 0's columns times [0.5, -1] + head 1's columns times [2, 0].
     """
 
     def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0,
