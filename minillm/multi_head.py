@@ -47,9 +47,7 @@ class MultiHeadAttention(nn.Module):
         return f"n_embd={self.n_embd}, n_head={self.n_head}, head_size={self.head_size}"
 
 
-def _check_size(who: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
+from minillm.self_attention import _check_size   # lesson 07's check: a positive integer, or a ValueError naming it
 
 
 class MultiHeadAttention(MultiHeadAttention):

@@ -19,11 +19,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from minillm.multi_head import MultiHeadAttention
-
-
-def _check_positive_int(who: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
+from minillm.self_attention import _check_size   # lesson 07's: a positive integer, or a ValueError naming it
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -32,7 +28,7 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 
     split_heads(torch.arange(6.).view(1, 1, 6), n_head=2) -> [[[[0., 1., 2.]], [[3., 4., 5.]]]]
     (head 0 gets features 0-2 of the token, head 1 features 3-5)."""
-    _check_positive_int("split_heads", "n_head", n_head)
+    _check_size("split_heads", "n_head", n_head)
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"split_heads expects a (B, T, C) tensor, got {got}")
@@ -110,8 +106,8 @@ class FusedQKVAttention(FusedQKVAttention):
 
     def __init__(self, n_embd: int, n_head: int, bias: bool = False):
         who = type(self).__name__
-        _check_positive_int(who, "n_embd", n_embd)
-        _check_positive_int(who, "n_head", n_head)
+        _check_size(who, "n_embd", n_embd)
+        _check_size(who, "n_head", n_head)
         if n_embd % n_head:
             raise ValueError(f"{who}: n_embd={n_embd} is not divisible by n_head={n_head}; "
                              f"the heads must split it into equal parts")

@@ -179,7 +179,9 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         1: "return -(weights * weights.log()).sum(dim=-1).mean(dim=-1)",               # 0 * log 0 = nan
         2: "head.query.weight[0, T_POS] = 2 * a\nhead.query.bias.copy_(torch.tensor([-2 * a, -a]))\n"   # one word back
            "head.key.weight[0, T_POS] = 1.0\nhead.key.weight[1, T2_POS] = 1.0",
-        3: "first = heads[0]\n"                                                         # copies, as the lesson did: not the heads
-           "layer = MultiHeadAttention(first.n_embd, len(heads), head_size=first.head_size, bias=first.query.bias is not None)\n"
-           "for mine, h in zip(layer.heads, heads):\n    mine.load_state_dict(h.state_dict())\nreturn layer",
+        3: "for i, h in enumerate(heads):\n"                                           # the layer's default head_size, not the heads'
+           "    if (h.n_embd, h.head_size) != (heads[0].n_embd, heads[0].head_size):\n"
+           "        raise ValueError(f'head {i} has n_embd={h.n_embd}, head_size={h.head_size}, '\n"
+           "                         f'but head 0 has n_embd={heads[0].n_embd}, head_size={heads[0].head_size}')\n"
+           "layer = MultiHeadAttention(heads[0].n_embd, len(heads))\nlayer.heads = nn.ModuleList(heads)\nreturn layer",
     })

@@ -179,8 +179,8 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("10_causal_mask", {
         0: "positions = torch.arange(T)\nreturn positions[None, :] < positions[:, None]",     # hides the diagonal too
         1: "return torch.softmax(scores, dim=-1) * mask",                                  # masked after the softmax
-        2: "changed = x.clone()\nchanged[:, t + 1] = changed[:, t + 1] + 1.0\n"             # also compares position t + 1
-           "with torch.no_grad():\n    return not torch.equal(module(changed)[:, :t + 2], module(x)[:, :t + 2])",
+        2: "changed = x.clone()\nchanged[:, t + 1] = changed[:, t + 1] + 1.0\n"             # compares position t only
+           "with torch.no_grad():\n    return not torch.equal(module(changed)[:, t], module(x)[:, t])",
         3: "scores = super().scores(q, k)\nT = scores.shape[-1]\n"                         # one token too many
            "i = torch.arange(T)[:, None]\nj = torch.arange(T)[None, :]\n"
            "return scores.masked_fill(i - j > self.window, float('-inf'))",
