@@ -18,3 +18,8 @@ os.environ["MINILLM_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: the GPU path (tests/test_gpu.py); skipped without CUDA unless "
+                                       "MINILLM_TEST_DEVICE=cpu rehearses it on the CPU; `make gpu-check` runs it")

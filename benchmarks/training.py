@@ -12,9 +12,10 @@
         steps, fused AdamW), both in minillm's Trainer with torch's LayerNorm as nanoGPT has it: the
         wall time until the validation loss reaches 1.886 (nanoGPT's result after 2000 steps).
 
-    python benchmarks/training.py time-to-loss [--preset cpu|gpu] [--target 2.0]
+    python benchmarks/training.py time-to-loss [--preset cpu|gpu] [--target 2.0] [--compile]
         trains the preset as `python -m minillm train` does and reports when the validation loss
-        first reaches the target.
+        first reaches the target, in seconds of training steps (the loss estimates, which cost
+        what the evaluation schedule makes them cost, are reported apart).
 
 Compare figures from one run only: shared machines are noisy.
 """
@@ -162,12 +163,18 @@ def time_to_loss(args) -> None:
     tok_s = last["tokens"] / trainer.train_seconds
     line = (f"preset {args.preset} on {describe_device(device)}: {last['step']} steps in {wall:.1f} s "
             f"({trainer.train_seconds:.1f} s in training steps, {tok_s:,.0f} tokens/s); final val {last['val_loss']:.4f}; "
-            + (f"val <= {args.target} at step {hit['step']} after {hit['seconds']:.1f} s" if hit else
+            + (f"val <= {args.target} at step {hit['step']} after {hit['train_seconds']:.1f} s of training "
+               f"({hit['seconds']:.1f} s wall, evaluation and checkpoints included)" if hit else
                f"val never reached {args.target}"))
     peak = peak_flops(device)
     if peak:
         line += f"; MFU {mfu(tok_s, model_config, peak):.1%}"
     print(line)
+    evals = len(trainer.history)
+    overhead = trainer.seconds - trainer.train_seconds
+    print(f"evaluation: {evals} estimates of {train_config.eval_iters} batches per split every "
+          f"{train_config.eval_interval} steps cost {overhead:.1f} s of the {trainer.seconds:.1f} s "
+          f"({overhead / max(trainer.seconds, 1e-9):.0%}); the time to the target above counts training steps only")
 
 
 def main() -> None:

@@ -12,13 +12,13 @@ Change the notebook and run `make export` again.
 __all__ = [
     'get_batch', 'autocast', 'estimate_loss', 'param_groups', 'make_optimizer', 'lr_at',
     'pick_device', 'describe_device', 'autocast_dtype', 'PEAK_BF16_FLOPS', 'peak_flops',
-    'fuse_layer_norms_', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'ZIP_MAGIC',
-    'CheckpointError', 'nonfinite_tensors', 'save_checkpoint', 'load_checkpoint',
-    'model_from_checkpoint', 'load_model', 'MAX_SEED', 'TrainConfig', 'PRESETS',
-    'preset', 'EVAL_SEED_OFFSET', 'STOP_SIGNALS', 'RESUME_CHANGEABLE',
-    'TrainingDiverged', 'RunDirectoryLocked', 'RunLock', 'RUN_FILES', 'STALE_PART',
-    'remove_stale_parts', 'ddp_env', 'Trainer', 'write_loss_csv', 'plot_losses',
-    'LiveLossPlot',
+    'fuse_layer_norms_', 'MAX_SEED', 'TrainConfig', 'PRESETS', 'preset',
+    'write_loss_csv', 'plot_losses', 'LiveLossPlot', 'CHECKPOINT_FORMAT',
+    'CHECKPOINT_VERSION', 'ZIP_MAGIC', 'CheckpointError', 'nonfinite_tensors',
+    'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'load_model',
+    'EVAL_SEED_OFFSET', 'STOP_SIGNALS', 'RESUME_CHANGEABLE', 'TrainingDiverged',
+    'RunDirectoryLocked', 'RunLock', 'RUN_FILES', 'STALE_PART', 'remove_stale_parts',
+    'ddp_env', 'Trainer',
 ]
 
 import csv
@@ -64,8 +64,11 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: t
 
 
 def autocast(device_type: str, dtype: torch.dtype | None):
-    """torch.autocast to dtype on device_type, or a context that changes nothing when dtype is None."""
-    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+    """torch.autocast to dtype on device_type, or a context that changes nothing when dtype is None
+    (also on a device autocast does not know, such as `meta`)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -73,8 +76,10 @@ def estimate_loss(model: nn.Module, splits: dict, batch_size: int, block_size: i
                   seed: int = 0, dtype: torch.dtype | None = None) -> dict:
     """The mean loss of model over eval_iters batches of each split, e.g. splits =
     {"train": train_ids, "val": val_ids} -> {"train": 1.52, "val": 1.71}. The batches come
-    from a generator seeded with seed: the same batches at every call. Runs in eval mode
-    (no dropout), under autocast to dtype if one is given, and restores the model's mode."""
+    from a generator seeded with seed: the same batches at every call, moved to the
+    model's device (the data may stay on the CPU). Runs in eval mode (no dropout), under
+    autocast to dtype if one is given, and restores the model's mode."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = {}
@@ -84,7 +89,8 @@ def estimate_loss(model: nn.Module, splits: dict, batch_size: int, block_size: i
             total = 0.0
             for _ in range(eval_iters):
                 x, y = get_batch(data, batch_size, block_size, generator)
-                with autocast(data.device.type, dtype):
+                x, y = x.to(device), y.to(device)            # the batch goes where the model is
+                with autocast(device.type, dtype):
                     _, loss = model(x, y)
                 total += loss.item()
             out[name] = total / eval_iters
@@ -197,8 +203,8 @@ def peak_flops(device) -> float | None:
 
 def fuse_layer_norms_(model: nn.Module) -> int:
     """Swap every lesson-06 LayerNorm in model for torch's nn.LayerNorm holding the same
-    weight and bias Parameters: the same values, one fused kernel instead of six, the same
-    state_dict. Changes model in place; returns how many it swapped."""
+    weight and bias Parameters: the same values, one fused kernel instead of several, the
+    same state_dict. Changes model in place; returns how many it swapped."""
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -211,6 +217,136 @@ def fuse_layer_norms_(model: nn.Module) -> int:
                 setattr(parent, name, fused)
                 count += 1
     return count
+
+
+MAX_SEED = 2**32 - 1     # seeds are 32-bit: seed + rank and seed + EVAL_SEED_OFFSET must still fit a generator
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: batches, optimizer, schedule, how often to evaluate, sample and save.
+    Frozen and checked on construction, like GPTConfig: dataclasses.replace(config,
+    max_steps=100) makes a changed, checked copy."""
+    batch_size: int = 64          # sequences per micro-batch (per process under DDP)
+    grad_accum_steps: int = 1     # micro-batches whose gradients add up to one optimizer step
+    max_steps: int = 5000         # optimizer steps in all; the cosine ends here
+    learning_rate: float = 1e-3   # the peak, reached at the end of warm-up
+    min_lr: float = 1e-4          # the floor the cosine decays to
+    warmup_steps: int = 100       # steps of linear warm-up
+    weight_decay: float = 0.1     # AdamW's decoupled decay, on matrices only
+    beta1: float = 0.9            # AdamW's momentum
+    beta2: float = 0.99           # AdamW's second-moment decay: 0.99 suits small batches
+    grad_clip: float = 1.0        # cap on the gradient's global norm; 0 turns clipping off
+    eval_interval: int = 250      # estimate the losses and save a checkpoint every this many steps
+    eval_iters: int = 200         # batches per loss estimate
+    sample_interval: int = 1000   # print a sample every this many steps; 0: never
+    sample_tokens: int = 200      # tokens per sample
+    seed: int = 1337              # the batches and samples follow from it (and dropout, once the caller seeds torch with it)
+    precision: str = "auto"       # "auto": bf16 autocast on a CUDA GPU that has it, else fp32; or "fp32", "bf16"
+    compile: bool = False         # torch.compile the model: slower start, faster steps (GPU)
+    fused_layer_norm: bool = True # train with torch's one-kernel LayerNorm (same values, same state_dict)
+
+    def __post_init__(self):
+        def bad(name, what):
+            raise ValueError(f"TrainConfig: {name} must be {what}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters", "sample_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(name, "a positive integer")
+        for name in ("warmup_steps", "sample_interval", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(name, "an integer >= 0")
+        if self.seed > MAX_SEED:
+            bad("seed", f"at most {MAX_SEED} (2**32 - 1)")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                bad(name, "a finite number >= 0")
+        if self.learning_rate == 0:
+            bad("learning_rate", "above 0")
+        if self.min_lr > self.learning_rate:
+            bad("min_lr", f"at most learning_rate={self.learning_rate}")
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) >= 1:
+                bad(name, "below 1")
+        if self.warmup_steps >= self.max_steps:
+            bad("warmup_steps", f"below max_steps={self.max_steps}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            bad("precision", "'auto', 'fp32' or 'bf16'")
+        if not isinstance(self.compile, bool) or not isinstance(self.fused_layer_norm, bool):
+            bad("compile" if not isinstance(self.compile, bool) else "fused_layer_norm", "True or False")
+
+
+PRESETS = {   # name: (GPTConfig fields without vocab_size, TrainConfig fields)
+    "gpu": (dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+            dict(batch_size=64, max_steps=5000, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100,
+                 eval_interval=250, eval_iters=200, sample_interval=1000, compile=True)),
+    "cpu": (dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+            dict(batch_size=12, max_steps=3000, learning_rate=6e-3, min_lr=6e-4, warmup_steps=50,
+                 eval_interval=250, eval_iters=50, sample_interval=1000)),
+    "quick": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+              dict(batch_size=8, max_steps=20, learning_rate=3e-3, min_lr=3e-4, warmup_steps=5,
+                   eval_interval=10, eval_iters=2, sample_interval=20, sample_tokens=40)),
+}
+
+
+def preset(name: str, vocab_size: int) -> tuple:
+    """(GPTConfig, TrainConfig) of the named preset for a vocabulary of vocab_size tokens.
+    "auto" picks "quick" under the test switch (MINILLM_QUICK=1), "gpu" on a CUDA GPU, and
+    "cpu" anywhere else."""
+    if name == "auto":
+        name = ("quick" if os.environ.get("MINILLM_QUICK") == "1"
+                else "gpu" if torch.cuda.is_available() else "cpu")
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r}: choose 'auto' or one of {', '.join(map(repr, PRESETS))}")
+    model_fields, train_fields = PRESETS[name]
+    return GPTConfig(vocab_size=vocab_size, **model_fields), TrainConfig(**train_fields)
+
+
+def write_loss_csv(path, history: list) -> None:
+    """The loss log as CSV: step, train_loss, val_loss, lr, tokens, seconds; written atomically."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["step", "train_loss", "val_loss", "lr", "tokens", "seconds"],
+                            extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, out.getvalue().encode("utf-8"))
+
+
+def plot_losses(history: list, path=None, ax=None, title: str = "loss"):
+    """Train and validation loss against the step, on ax (a new figure if None); saved as a
+    PNG, atomically, if path is given. Returns the figure."""
+    import matplotlib.pyplot as plt
+    fig = ax.figure if ax is not None else plt.figure(figsize=(7, 3.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    steps = [row["step"] for row in history]
+    ax.plot(steps, [row["train_loss"] for row in history], "o-", ms=3, label="train")
+    ax.plot(steps, [row["val_loss"] for row in history], "o-", ms=3, label="validation")
+    ax.set_xlabel("step"), ax.set_ylabel("loss (nats per token)"), ax.set_title(title)
+    ax.grid(alpha=0.3), ax.legend()
+    if path is not None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        atomic_write_bytes(path, buffer.getvalue())
+    return fig
+
+
+class LiveLossPlot:
+    """A Trainer callback that redraws the loss curves in a notebook at every loss estimate."""
+
+    def __init__(self, title: str = "loss"):
+        self.title, self.handle = title, None
+
+    def on_eval(self, trainer, row) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+        fig = plot_losses(trainer.history, title=self.title)
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)
 
 
 CHECKPOINT_FORMAT = "minillm-checkpoint"
@@ -347,91 +483,6 @@ def load_model(path, device=None) -> tuple:
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
-
-
-MAX_SEED = 2**32 - 1     # seeds are 32-bit: seed + rank and seed + EVAL_SEED_OFFSET must still fit a generator
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: batches, optimizer, schedule, how often to evaluate, sample and save.
-    Frozen and checked on construction, like GPTConfig: dataclasses.replace(config,
-    max_steps=100) makes a changed, checked copy."""
-    batch_size: int = 64          # sequences per micro-batch (per process under DDP)
-    grad_accum_steps: int = 1     # micro-batches whose gradients add up to one optimizer step
-    max_steps: int = 5000         # optimizer steps in all; the cosine ends here
-    learning_rate: float = 1e-3   # the peak, reached at the end of warm-up
-    min_lr: float = 1e-4          # the floor the cosine decays to
-    warmup_steps: int = 100       # steps of linear warm-up
-    weight_decay: float = 0.1     # AdamW's decoupled decay, on matrices only
-    beta1: float = 0.9            # AdamW's momentum
-    beta2: float = 0.99           # AdamW's second-moment decay: 0.99 suits small batches
-    grad_clip: float = 1.0        # cap on the gradient's global norm; 0 turns clipping off
-    eval_interval: int = 250      # estimate the losses and save a checkpoint every this many steps
-    eval_iters: int = 200         # batches per loss estimate
-    sample_interval: int = 1000   # print a sample every this many steps; 0: never
-    sample_tokens: int = 200      # tokens per sample
-    seed: int = 1337              # the batches and samples follow from it (and dropout, once the caller seeds torch with it)
-    precision: str = "auto"       # "auto": bf16 autocast on a CUDA GPU that has it, else fp32; or "fp32", "bf16"
-    compile: bool = False         # torch.compile the model: slower start, faster steps (GPU)
-    fused_layer_norm: bool = True # train with torch's one-kernel LayerNorm (same values, same state_dict)
-
-    def __post_init__(self):
-        def bad(name, what):
-            raise ValueError(f"TrainConfig: {name} must be {what}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters", "sample_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(name, "a positive integer")
-        for name in ("warmup_steps", "sample_interval", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(name, "an integer >= 0")
-        if self.seed > MAX_SEED:
-            bad("seed", f"at most {MAX_SEED} (2**32 - 1)")
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                bad(name, "a finite number >= 0")
-        if self.learning_rate == 0:
-            bad("learning_rate", "above 0")
-        if self.min_lr > self.learning_rate:
-            bad("min_lr", f"at most learning_rate={self.learning_rate}")
-        for name in ("beta1", "beta2"):
-            if getattr(self, name) >= 1:
-                bad(name, "below 1")
-        if self.warmup_steps >= self.max_steps:
-            bad("warmup_steps", f"below max_steps={self.max_steps}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            bad("precision", "'auto', 'fp32' or 'bf16'")
-        if not isinstance(self.compile, bool) or not isinstance(self.fused_layer_norm, bool):
-            bad("compile" if not isinstance(self.compile, bool) else "fused_layer_norm", "True or False")
-
-
-PRESETS = {   # name: (GPTConfig fields without vocab_size, TrainConfig fields)
-    "gpu": (dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-            dict(batch_size=64, max_steps=5000, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100,
-                 eval_interval=250, eval_iters=200, sample_interval=1000, compile=True)),
-    "cpu": (dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-            dict(batch_size=12, max_steps=3000, learning_rate=6e-3, min_lr=6e-4, warmup_steps=50,
-                 eval_interval=250, eval_iters=50, sample_interval=1000)),
-    "quick": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
-              dict(batch_size=8, max_steps=20, learning_rate=3e-3, min_lr=3e-4, warmup_steps=5,
-                   eval_interval=10, eval_iters=2, sample_interval=20, sample_tokens=40)),
-}
-
-
-def preset(name: str, vocab_size: int) -> tuple:
-    """(GPTConfig, TrainConfig) of the named preset for a vocabulary of vocab_size tokens.
-    "auto" picks "quick" under the test switch (MINILLM_QUICK=1), "gpu" on a CUDA GPU, and
-    "cpu" anywhere else."""
-    if name == "auto":
-        name = ("quick" if os.environ.get("MINILLM_QUICK") == "1"
-                else "gpu" if torch.cuda.is_available() else "cpu")
-    if name not in PRESETS:
-        raise ValueError(f"preset={name!r}: choose 'auto' or one of {', '.join(map(repr, PRESETS))}")
-    model_fields, train_fields = PRESETS[name]
-    return GPTConfig(vocab_size=vocab_size, **model_fields), TrainConfig(**train_fields)
 
 
 EVAL_SEED_OFFSET = 1_000_003     # the loss estimate's batches: a seed no training process uses
@@ -575,7 +626,9 @@ class Trainer:
         if not isinstance(model, GPT):
             raise TypeError(f"model must be a minillm GPT, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+            if not (dataclasses.is_dataclass(config) and type(config).__name__ == "TrainConfig"):
+                raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+            config = TrainConfig(**dataclasses.asdict(config))   # the class defined again by a lesson's cell
         block = model.config.block_size
         for name, data in (("train_data", train_data), ("val_data", val_data)):
             if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.numel() <= block:
@@ -954,48 +1007,3 @@ class Trainer:
             if dist.is_initialized():
                 dist.barrier()
                 dist.destroy_process_group()
-
-
-def write_loss_csv(path, history: list) -> None:
-    """The loss log as CSV: step, train_loss, val_loss, lr, tokens, seconds; written atomically."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["step", "train_loss", "val_loss", "lr", "tokens", "seconds"],
-                            extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(path, out.getvalue().encode("utf-8"))
-
-
-def plot_losses(history: list, path=None, ax=None, title: str = "loss"):
-    """Train and validation loss against the step, on ax (a new figure if None); saved as a
-    PNG, atomically, if path is given. Returns the figure."""
-    import matplotlib.pyplot as plt
-    fig = ax.figure if ax is not None else plt.figure(figsize=(7, 3.5))
-    ax = ax if ax is not None else fig.add_subplot()
-    steps = [row["step"] for row in history]
-    ax.plot(steps, [row["train_loss"] for row in history], "o-", ms=3, label="train")
-    ax.plot(steps, [row["val_loss"] for row in history], "o-", ms=3, label="validation")
-    ax.set_xlabel("step"), ax.set_ylabel("loss (nats per token)"), ax.set_title(title)
-    ax.grid(alpha=0.3), ax.legend()
-    if path is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-        atomic_write_bytes(path, buffer.getvalue())
-    return fig
-
-
-class LiveLossPlot:
-    """A Trainer callback that redraws the loss curves in a notebook at every loss estimate."""
-
-    def __init__(self, title: str = "loss"):
-        self.title, self.handle = title, None
-
-    def on_eval(self, trainer, row) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-        fig = plot_losses(trainer.history, title=self.title)
-        if self.handle is None:
-            self.handle = display(fig, display_id=True)
-        else:
-            self.handle.update(fig)
-        plt.close(fig)

@@ -60,7 +60,7 @@ def tiny_trainer(run_dir=None, config=FAST, model_config=TINY, seed=0, **kw):
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("20_training", {
-        0: "xy = data[starts[:, None] + torch.arange(block_size + 1)]\nreturn xy[:, :-1], xy[:, :-1]",
+        0: "xy = data[starts[:, None] + torch.arange(block_size + 1)]\nreturn xy[:, :-1], xy[:, :-1] + 1",   # y = x + 1
         1: "if step < warmup_steps:\n    return max_lr * (step + 1) / warmup_steps\n"
            "if step >= decay_steps:\n    return min_lr\n"
            "return max_lr - (max_lr - min_lr) * (step - warmup_steps) / (decay_steps - warmup_steps)",
@@ -993,3 +993,56 @@ def test_cli_ctrl_c_outside_training_is_one_line(monkeypatch):
     monkeypatch.setattr(cli, "cmd_data", interrupted)
     done = minillm_main(["data"])
     assert done.code == 130 and done.err.strip().splitlines() == [done.err.strip()] and "interrupted" in done.err
+
+
+# ----------------------------------------------------------------------------- the device path, on the CPU
+
+class DeviceSpy(nn.Module):
+    """A stand-in model whose parameters live on the `meta` device (a device with shapes but no
+    data, always present): it records the device of every batch it is given, and returns a
+    CPU loss, so that estimate_loss can run to the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(3, device="meta"))
+        self.seen = []
+
+    def forward(self, x, y):
+        self.seen.append((x.device.type, y.device.type))
+        return None, torch.tensor(1.0)
+
+
+def test_estimate_loss_moves_the_batches_to_the_models_device():
+    """Lesson 20's bug: the model trained on a GPU, the text on the CPU, then estimate_loss(model,
+    {"val": val_data}, ...) fed CPU batches to a CUDA model. The batches must follow the model."""
+    spy = DeviceSpy()
+    data = torch.arange(100)                                   # on the CPU
+    losses = estimate_loss(spy, {"val": data}, batch_size=2, block_size=4, eval_iters=3)
+    assert losses == {"val": 1.0}
+    assert spy.seen == [("meta", "meta")] * 3
+
+
+def test_estimate_loss_under_bf16_autocast_on_the_cpu():
+    """The mixed-precision branch runs in CI: torch.autocast('cpu', bfloat16) through estimate_loss."""
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    data = torch.randint(0, TINY.vocab_size, (500,), generator=torch.Generator().manual_seed(0))
+    fp32 = estimate_loss(model, {"val": data}, 4, 16, 3)["val"]
+    bf16 = estimate_loss(model, {"val": data}, 4, 16, 3, dtype=torch.bfloat16)["val"]
+    assert bf16 != fp32                                        # the products really ran in bfloat16
+    assert math.isclose(bf16, fp32, rel_tol=1e-2)              # bfloat16's 8 mantissa bits: about 2 digits
+
+
+def test_trainer_steps_under_bf16_autocast_on_the_cpu():
+    """The Trainer's autocast branch (what precision='bf16' turns on on a GPU), on the CPU: the same
+    losses as float32 to about 2%, all finite, and the weights stay float32."""
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        trainer = tiny_trainer()
+        trainer.dtype = dtype
+        losses[dtype] = [trainer.train_step() for _ in range(4)]
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(math.isfinite(v) for v in losses[torch.bfloat16])
+    assert losses[torch.bfloat16] != losses[None]
+    for a, b in zip(losses[None], losses[torch.bfloat16]):
+        assert math.isclose(a, b, rel_tol=2e-2), (losses[None], losses[torch.bfloat16])

@@ -522,6 +522,10 @@ def execute(path: Path, timeout: int = 1800) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    runs = Path(path).parent / "runs" / "lesson20"     # lesson 20 resumes a run it finds there: start fresh
+    if Path(path).name == "20_training.ipynb" and Path(path).parent.name == "notebooks" and runs.is_dir():
+        import shutil
+        shutil.rmtree(runs)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
