@@ -61,7 +61,7 @@ class LearnedPositionEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, mean=0.0, std=0.02)   # GPT-2's initialisation
+        nn.init.normal_(self.weight, mean=0.0, std=0.02)   # nanoGPT's and Hugging Face's GPT-2 (OpenAI's code: 0.01)
 
     def forward(self, seq_len: int, start: int = 0) -> torch.Tensor:
         seq_len, start = check_positions(seq_len, start, self.block_size)

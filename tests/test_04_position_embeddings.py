@@ -168,3 +168,27 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "x1, x2 = x[..., 0::2], x[..., 1::2]\n"
            "return torch.stack([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1).flatten(-2)",
     })
+
+
+def test_exercise_4_rejects_cos_and_sin_stored_as_parameters():
+    """A second wrong answer for the RoPE constructor: trainable tables, saved in the state dict."""
+    import course
+    from exercise_tools import run_cells
+    from minillm import checks
+
+    sol_path = course.ROOT / "solutions" / "04_position_embeddings.ipynb"
+    solution = course.read_nb(sol_path)
+    body = ["omega = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)",
+            "angles = torch.arange(block_size, dtype=torch.float64).unsqueeze(1) * omega",
+            "self.cos = nn.Parameter(angles.cos().float())",
+            "self.sin = nn.Parameter(angles.sin().float())"]
+
+    def replace(i, region):
+        if i != 3:
+            return course.source(solution["cells"][region.cell]).split("\n")[region.start: region.end + 1]
+        return [region.indent + line for line in body]
+
+    results = run_cells(course.replace_regions(solution, replace), sol_path.parent)
+    rope = [r for r in results if r.title.startswith("Exercise 4")]
+    assert len(rope) == 1 and rope[0].status == checks.FAILED
+    assert all(r.status == checks.PASSED for r in results if not r.title.startswith("Exercise 4"))
