@@ -185,3 +185,15 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "i = torch.arange(T)[:, None]\nj = torch.arange(T)[None, :]\n"
            "return scores.masked_fill(i - j > self.window, float('-inf'))",
     })
+
+
+def test_exercise_checks_reject_a_second_set_of_wrong_answers():
+    """A fresh reader's wrong answers: the in-place tril_, and a detector off by one (it changes token t
+    and compares the positions before t)."""
+    assert_checks_work("10_causal_mask", {
+        0: "return torch.ones(T, T, dtype=torch.bool).tril_()",                            # the in-place triangle
+        1: "return torch.softmax(scores.masked_fill(~mask, 0.0), dim=-1)",                 # a zero score is not a zero weight
+        2: "changed = x.clone()\nchanged[:, t] = changed[:, t] + 1.0\n"                   # off by one
+           "with torch.no_grad():\n    return not torch.equal(module(changed)[:, :t], module(x)[:, :t])",
+        3: "return super().scores(q, k)",                                                  # no window at all
+    })
