@@ -276,18 +276,20 @@ def test_unscaled_large_heads_saturate_and_scaled_ones_do_not():
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("11_attention_scores", {
         0: "return q @ k.transpose(-2, -1)",                                        # forgets the scale
-        1: "return torch.log(torch.exp(x) / torch.exp(x).sum(dim=dim, keepdim=True))",  # naive: overflows
+        1: "return x - torch.special.logsumexp(x, dim=dim, keepdim=True)",             # calls a switched-off function
         2: "q, k = torch.randn(n, head_size, generator=g), torch.randn(n, head_size, generator=g)\n"
            "dots = (q * k).sum(dim=-1)\n"
            "return (dots / head_size if scaled else dots).var().item()",              # divides by head_size
-        3: "m = torch.full((*q.shape[:-1], 1), float('-inf'))\n"                       # never rescales what was kept
+        3: "m = torch.zeros(*q.shape[:-1], 1)\n"                                       # starts from m = 0, not -inf
            "l = torch.zeros(*q.shape[:-1], 1)\n"
            "a = torch.zeros(*q.shape[:-1], v.size(-1))\n"
            "for start in range(0, k.size(-2), chunk):\n"
            "    s = q @ k[..., start:start + chunk, :].transpose(-2, -1) / math.sqrt(q.size(-1))\n"
-           "    m = torch.maximum(m, s.amax(dim=-1, keepdim=True))\n"
-           "    e = torch.exp(s - m)\n"
-           "    l = l + e.sum(dim=-1, keepdim=True)\n"
-           "    a = a + e @ v[..., start:start + chunk, :]\n"
+           "    m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))\n"
+           "    e = torch.exp(s - m_new)\n"
+           "    rescale = torch.exp(m - m_new)\n"
+           "    l = l * rescale + e.sum(dim=-1, keepdim=True)\n"
+           "    a = a * rescale + e @ v[..., start:start + chunk, :]\n"
+           "    m = m_new\n"
            "return a / l",
     })

@@ -307,7 +307,7 @@ def test_benchmark_runs_and_prints_a_ratio():
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("12_causal_self_attention", {
-        0: "return torch.ones(T_new, T_past + T_new, dtype=torch.bool).tril()",          # forgets the shift
+        0: "return causal_mask(T_past + T_new)[T_past:]",                                # uses the function it must do without
         1: "return n_layer * batch * T * n_kv_head * head_size * bytes_per_number",       # keys only
         2: "q, k, v = attn.c_attn(x).split(C, dim=2)\n"                                   # forgets the mask
            "q, k, v = (t.view(B, T, n_head, head_size).transpose(1, 2) for t in (q, k, v))\n"

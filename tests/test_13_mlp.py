@@ -195,7 +195,7 @@ def test_bad_configuration_is_refused():
 
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("13_mlp", {
-        0: "return 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))",                      # the exact GELU, not GPT-2's
+        0: "return F.gelu(z, approximate=\"tanh\")",                                   # calls the function it must write
         1: "h = F.relu(x @ w_fc.T + b_fc)\nreturn h @ w_proj.T + b_proj",              # ReLU instead of GELU
         2: "hidden = int(2 * 4 * n_embd / 3)\nreturn hidden // multiple_of * multiple_of",   # rounds down
         3: "return self.w2(F.silu(self.w1(x) * self.w3(x)))",                           # gates after the product

@@ -170,8 +170,8 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         0: "return (4 + 2 * expansion) * n_embd ** 2 + (9 + expansion) * n_embd",     # forgets bias=False
         1: "a = block.attn(block.ln_1(x))\nreturn a, block.mlp(block.ln_2(x))",         # the MLP reads the old stream
         2: "return x + self.attn(self.ln_1(x)) + self.mlp(x)",                          # the MLP reads the raw stream
-        3: "if not self.training:\n    return super().forward(x)\n"                     # forgets the 1 / (1 - p) scale
+        3: "if not self.training or self.p_drop == 0.0:\n    return super().forward(x)\n"   # keeps the MLP with probability 0.5
            "keep = 1.0 - self.p_drop\n"
-           "x = x + (torch.rand(x.size(0), 1, 1) < keep).to(x.dtype) * self.attn(self.ln_1(x))\n"
-           "return x + (torch.rand(x.size(0), 1, 1) < keep).to(x.dtype) * self.mlp(self.ln_2(x))",
+           "x = x + (torch.rand(x.size(0), 1, 1) < keep).to(x.dtype) / keep * self.attn(self.ln_1(x))\n"
+           "return x + (torch.rand(x.size(0), 1, 1) < 0.5).to(x.dtype) / keep * self.mlp(self.ln_2(x))",
     })
