@@ -80,7 +80,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (the order of Hugging Face's sampler): the logits
+    """Temperature, then top-k, then top-p (the order of Hugging Face's warpers): the logits
     the next token is drawn from, with -inf where a token is ruled out."""
     check_sampling_args(temperature, top_k, top_p)
     logits = apply_temperature(logits, temperature)
@@ -108,8 +108,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     if temperature < GREEDY_BELOW:
         return greedy(logits)                                          # (..., 1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)         # (..., V)
-    flat = probs.reshape(-1, probs.size(-1)).float()                   # (N, V): multinomial wants 1 or 2 dimensions
-    ids = torch.multinomial(flat, num_samples=1, generator=generator)  # (N, 1)
+    flat = probs.reshape(-1, probs.size(-1)).float()                   # (rows, V): multinomial wants 1 or 2 dimensions
+    ids = torch.multinomial(flat, num_samples=1, generator=generator)  # (rows, 1)
     return ids.view(*probs.shape[:-1], 1)                              # (..., 1)
 
 
@@ -132,6 +132,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     check_sampling_args(temperature, top_k, top_p)
     config = model.config
     _check_prompt_ids(idx, config.vocab_size)
+    idx = idx.to(next(model.parameters()).device)                        # the prompt goes where the model is
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     stop_ids = _stop_ids(stop, config.vocab_size)

@@ -140,8 +140,8 @@ def parameter_breakdown(model: nn.Module) -> dict[str, int]:
     """Where the parameters of a GPT live: {part: count}, each parameter counted once, in
     the order token embedding (= LM head, tied), position embedding, attention, MLP,
     layer norms, and "LM head (untied)" for a model whose head has its own weight.
-    The counts add up to model.num_params(non_embedding=False). For the course's
-    default GPTConfig(): token embedding 24,960, position embedding 98,304, attention
+    The counts add up to model.num_params(non_embedding=False). For GPTConfig(),
+    GPT-small-char (GPU, 10.8M): token embedding 24,960, position embedding 98,304, attention
     3,548,160, MLP 7,089,408, layer norms 9,984."""
     parts = {"token embedding (= LM head)": 0, "position embedding": 0, "attention": 0, "MLP": 0,
              "layer norms": 0, "LM head (untied)": 0}

@@ -1,4 +1,4 @@
-"""Stacking transformer blocks: `TransformerStack` runs N blocks of lesson 15 in sequence
+"""Stacking transformer blocks: `TransformerStack` runs n_layer blocks of lesson 15 in sequence
 (`.h`, GPT-2's name), with one key/value cache per block for generation, and
 `init_gpt2_` initialises a model as GPT-2 does, with the residual projections scaled by
 1/sqrt(2 * n_layer) so that the residual stream starts at the same scale whatever the

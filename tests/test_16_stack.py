@@ -139,6 +139,6 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("16_stack", {
         0: "return std / math.sqrt(n_layer)",                                             # one residual layer per block
         1: "return math.sqrt(x0_rms ** 2 + n_updates * update_rms ** 2)",                 # ignores `scaled`
-        2: "hidden = []\nfor block in self.h:\n    x = block(x)\n    hidden.append(x)\nreturn x, hidden",   # no input
+        2: "hidden = [x]\nfor block in self.h:\n    x = block(x)\n    hidden.append(x)\nreturn x, hidden",  # caches ignored
         3: "init_gpt2_(module, n_layer=1)",                                               # small, not zero
     })

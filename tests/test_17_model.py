@@ -446,5 +446,5 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "if name == 'wpe.weight':\n    return 'embedding.position.weight', False\n"
            "if name.startswith('h.'):\n    return 'stack.' + name, name.endswith(('c_attn.weight', 'c_fc.weight'))\n"
            "return name, False",
-        3: "self.lm_head.weight = nn.Parameter(self.embedding.token.weight)",           # a new Parameter, the same numbers
+        3: "self.lm_head.weight = nn.Parameter(self.embedding.token.weight.detach().clone())",  # a copy, not new numbers
     })

@@ -312,8 +312,8 @@ def test_the_benchmark_runs_and_the_paths_agree():
 def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     assert_checks_work("18_generation", {
         0: "return torch.softmax(logits * temperature, dim=-1)",                         # multiplies
-        1: "running = probs.cumsum(dim=0)\n"                                              # forgets to sort
-           "return min(int((running < p - 1e-6).sum().item()) + 1, probs.numel())",
+        1: "running = probs.sort(descending=True).values.cumsum(dim=0)\n"                # no tolerance, no cap at V
+           "return int((running < p).sum()) + 1",
         2: "if n_new == 0:\n    return 0\n"                                              # ignores the full window
            "if cached:\n    return min(prompt_len, block_size) + n_new - 1\n"
            "return sum(min(prompt_len + t, block_size) for t in range(n_new))",
