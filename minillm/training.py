@@ -395,7 +395,9 @@ def save_checkpoint(path, model: GPT, optimizer=None, step: int = 0, train_confi
     payload = payload.getvalue()
     outer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, outer)
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                # stored as a uint8 tensor: torch.save writes a tensor's bytes as they are, and Python bytes ~1.5x larger
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
     atomic_write_bytes(path, outer.getvalue())
     return Path(path)
 
@@ -443,6 +445,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is a version {version!r} checkpoint; this minillm reads versions 1 and "
                               f"{CHECKPOINT_VERSION}")
     payload, digest = ckpt.get("payload"), ckpt.get("sha256")
+    if isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1:
+        payload = payload.cpu().numpy().tobytes()
     if not isinstance(payload, bytes) or not isinstance(digest, str):
         raise CheckpointError(f"{path} is not a readable minillm checkpoint (damaged): its payload or checksum "
                               f"is missing")
