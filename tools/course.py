@@ -522,6 +522,10 @@ def execute(path: Path, timeout: int = 1800) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    # One torch thread unless the caller chose: on a small shared machine torch's thread pool made
+    # steps 100x slower and left kernels idle until nbclient timed out; one thread is also what
+    # the test suite uses, and it makes a lesson's committed run reproducible bit for bit.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     runs = Path(path).parent / "runs" / "lesson20"     # lesson 20 resumes a run it finds there: start fresh
     if Path(path).name == "20_training.ipynb" and Path(path).parent.name == "notebooks" and runs.is_dir():
         import shutil
