@@ -390,9 +390,14 @@ def exercises(check: bool = False) -> list[str]:
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])(/home/|/root/|/Users/|/work/|/tmp/|/private/var/|[A-Za-z]:\\\\?Users)")
 
 
+# What JupyterLab (ipykernel's kernelspec) writes: committing the same means that opening a lesson
+# and closing it again does not mark it changed.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
 def clean_metadata(meta: dict) -> dict:
     return {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "kernelspec": dict(KERNELSPEC),
         "language_info": {"name": "python"},
         **({"widgets": meta["widgets"]} if "widgets" in meta else {}),
     }
@@ -411,9 +416,12 @@ def lint_notebook(path: Path, executed: bool) -> list[str]:
     rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
     nb = read_nb(path)
     problems = []
-    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
-    if kernel != "python3":
-        problems.append(f"{rel}: kernel is {kernel!r}, not the standard 'python3'")
+    kernelspec = nb.get("metadata", {}).get("kernelspec", {})
+    if kernelspec.get("name") != "python3":
+        problems.append(f"{rel}: kernel is {kernelspec.get('name')!r}, not the standard 'python3'")
+    elif kernelspec != KERNELSPEC:
+        problems.append(f"{rel}: kernelspec {kernelspec} is not what JupyterLab writes, {KERNELSPEC} "
+                        f"(opening the notebook would mark it changed)")
     count = 0
     first_code = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"), None)
     for i, cell in enumerate(nb["cells"]):
