@@ -75,7 +75,7 @@ def steps(dry_run: bool, out: Path) -> list:
 def figure(name: str, log: str) -> str:
     """The line of a step's log that the table shows."""
     patterns = {
-        "tests": r"^=*\s*(\d+ passed.*?)\s*=*$|^(\d+ passed.*)$",
+        "tests": r"(\d+ passed[^=\n]*)",
         "ttl": r"(val <= [\d.]+ at step \d+ after [\d.]+ s of training.*|val never reached.*)",
         "speed": r"^(as trained.*)$",
         "lesson": r"^(after \d+ steps .*)$",
@@ -83,9 +83,7 @@ def figure(name: str, log: str) -> str:
     found = re.findall(patterns[name], log, flags=re.M)
     if not found:
         return "(no figure; see the log)"
-    last = found[-1]
-    text = next((part for part in last if part), "") if isinstance(last, tuple) else last
-    return re.sub(r"\s+", " ", text).strip()[:110]
+    return re.sub(r"\s+", " ", found[-1]).strip()[:110]
 
 
 def main() -> int:
