@@ -22,7 +22,6 @@ figures mean nothing, it proves that the command works.
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
