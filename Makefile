@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test export exercises lint execute data train gpu-check clean FORCE
+.PHONY: lab test test-browser export exercises lint execute data train gpu-check clean FORCE
 
 $(STAMP): pyproject.toml $(if $(filter-out $(shell cat $(STAMP) 2>/dev/null),$(EXTRAS)),FORCE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ lab: $(STAMP) data
 ## The whole suite: unit tests, the package/exercise/lint checks, every notebook run with nbval.
 test: $(STAMP) data
 	$(PY) -m pytest
+
+## Every lesson with a widget in JupyterLab in Chromium: Run All, then each control moved through the page
+## (tests/browser). Needs the system Chromium (apt-get install -y chromium fonts-dejavu-core); installs
+## Playwright (the browser extra) if missing. One lesson: make test-browser ARGS="-k 10_causal_mask".
+test-browser: $(STAMP) data
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -e ".[$(EXTRAS),browser]"
+	$(PY) -m pytest tests/browser -m browser -rs $(ARGS)
 
 ## Get Tiny Shakespeare into the cache (or check the copy MINILLM_DATA points at); tests never download.
 data: $(STAMP)

@@ -23,3 +23,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: the GPU path (tests/test_gpu.py); skipped without CUDA unless "
                                        "MINILLM_TEST_DEVICE=cpu rehearses it on the CPU; `make gpu-check` runs it")
+    config.addinivalue_line("markers", "browser: a lesson in JupyterLab in Chromium (tests/browser); left out unless "
+                                       "asked for with -m browser; `make test-browser` runs them")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests run only when the -m expression names them (they need Chromium and take minutes)."""
+    if "browser" in (config.getoption("markexpr") or ""):
+        return
+    left_out = [item for item in items if item.get_closest_marker("browser")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not item.get_closest_marker("browser")]

@@ -5,6 +5,7 @@ the solutions, and keep every notebook clean.
     python tools/course.py exercises [--check]   solutions/*.ipynb  -> exercises/*.ipynb
     python tools/course.py lint                  every notebook: clean, ordered, portable
     python tools/course.py execute NB [NB ...]   run notebooks top to bottom, in place
+    python tools/course.py tidy [--check] [NB ...]  metadata and widget fallbacks, in place, not run
     python tools/course.py unpack NB > FILE      a notebook as plain text, for editing
     python tools/course.py pack FILE NB          that text back into a notebook (no outputs)
 
@@ -24,6 +25,7 @@ import ast
 import difflib
 import json
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -395,11 +397,32 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.])(/home/|/root/|/Users/|/work/|/tmp/|/priv
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
+# What a running ipykernel reports and JupyterLab writes into the notebook when the kernel starts: a
+# notebook that carries less is marked changed as soon as it is opened. `version` is the Python that
+# last ran the notebook (kept as found: it changes only when a notebook is executed again).
+LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                 "pygments_lexer": "ipython3"}
+
+
+def js_numbers(value):
+    """`value` with every whole float as an int (1.0 -> 1), as JavaScript's JSON writes it: JupyterLab saves
+    the widget state that way, so a notebook saved unchanged from the browser keeps its bytes."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: js_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [js_numbers(v) for v in value]
+    return value
+
+
 def clean_metadata(meta: dict) -> dict:
+    version = meta.get("language_info", {}).get("version") or platform.python_version()
     return {
         "kernelspec": dict(KERNELSPEC),
-        "language_info": {"name": "python"},
-        **({"widgets": meta["widgets"]} if "widgets" in meta else {}),
+        "language_info": {**LANGUAGE_INFO, "version": version},
+        **({"widgets": js_numbers(meta["widgets"])} if "widgets" in meta else {}),
     }
 
 
@@ -422,6 +445,14 @@ def lint_notebook(path: Path, executed: bool) -> list[str]:
     elif kernelspec != KERNELSPEC:
         problems.append(f"{rel}: kernelspec {kernelspec} is not what JupyterLab writes, {KERNELSPEC} "
                         f"(opening the notebook would mark it changed)")
+    language = nb.get("metadata", {}).get("language_info", {})
+    if {k: v for k, v in language.items() if k != "version"} != LANGUAGE_INFO or not language.get("version"):
+        problems.append(f"{rel}: language_info {language} is not what the kernel reports, {LANGUAGE_INFO} and a "
+                        f"version (opening the notebook would mark it changed): run `python tools/course.py tidy`")
+    widget_problems = widget_fallback_problems(nb)
+    problems += [f"{rel}: {p}" for p in widget_problems]
+    if not problems and nb_text(tidied(nb)) != path.read_text(encoding="utf-8"):
+        problems.append(f"{rel}: not as `python tools/course.py tidy` writes it (metadata or widget state): run it")
     count = 0
     first_code = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"), None)
     for i, cell in enumerate(nb["cells"]):
@@ -469,6 +500,160 @@ def lint() -> list[str]:
     names = {f: {p.name for p in lessons(f)} for f in LESSON_DIRS}
     for n in names["notebooks"] ^ names["solutions"]:
         problems.append(f"{n}: a lesson needs both notebooks/{n} and solutions/{n}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- widget fallbacks
+
+# A widget output is a reference to a widget model. JupyterLab draws it from the kernel, or from the state
+# saved in `metadata.widgets`, but only in a trusted notebook; an untrusted one (every fresh clone) shows the
+# output's other formats instead. The ones ipywidgets leaves there are its repr, `interactive(children=(...`.
+# So each widget output gets a fallback made from the saved state: a sentence naming the controls and
+# their settings, and the output the widget showed at those settings (its plot, its text).
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+HTML_TAG = re.compile(r"<[^>]+>")
+
+
+def widget_models(state: dict, model_id: str, seen: set | None = None) -> list[dict]:
+    """The model `model_id` and every model it refers to (children, outputs...), depth first, in order."""
+    seen = set() if seen is None else seen
+    if model_id in seen or model_id not in state:
+        return []
+    seen.add(model_id)
+    found = [state[model_id]]
+
+    def refs(value):
+        if isinstance(value, str) and value.startswith("IPY_MODEL_"):
+            yield value[len("IPY_MODEL_"):]
+        elif isinstance(value, list):
+            for v in value:
+                yield from refs(v)
+
+    for key, value in sorted(state[model_id].get("state", {}).items(), key=lambda kv: kv[0] != "children"):
+        for ref in refs(value):
+            found += widget_models(state, ref, seen)
+    return found
+
+
+def control_setting(model: dict) -> str | None:
+    """'smoothing α = 1', 'activation = gelu', 'attention: on' for a control; None for anything else."""
+    st = model.get("state", {})
+    description = " ".join(str(st.get("description") or "").split())
+    if not description or model.get("model_name") == "OutputModel":
+        return None
+    if "_options_labels" in st:
+        index = st.get("index")
+        if not isinstance(index, int):
+            return None
+        value = " ".join(st["_options_labels"][index].split())
+    elif isinstance(st.get("value"), bool):
+        return f"{description}: {'on' if st['value'] else 'off'}"
+    elif isinstance(st.get("value"), (int, float)):
+        value = f"{st['value']:g}"
+    elif isinstance(st.get("value"), str):
+        value = " ".join(st["value"].split())
+    else:
+        return None
+    return f"{description} = {value}"
+
+
+def joined(text) -> str:
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def widget_fallback(state: dict, model_id: str) -> dict:
+    """The other formats of a widget output, made from its saved state: `text/plain` always (never the
+    repr), and `text/html` with the plot where the widget shows more than text."""
+    import html
+
+    models = widget_models(state, model_id)
+    controls = [c for c in map(control_setting, models) if c]
+    shown = [o for m in models if m.get("model_name") == "OutputModel" for o in m["state"].get("outputs", [])]
+    if not any(m.get("model_name") == "OutputModel" for m in models):   # a display, e.g. a progress bar
+        texts = [" ".join(HTML_TAG.sub("", html.unescape(str(m["state"]["value"]))).split()) for m in models
+                 if m.get("model_name") in ("HTMLModel", "LabelModel") and m["state"].get("value")]
+        return {"text/plain": " ".join(t for t in texts if t) or "(a widget: run the notebook to see it)"}
+    sentence = (f"Interactive: {', '.join(controls) or 'no controls'}. Run the notebook to move the controls; "
+                f"the output below is at these settings.")
+    plain, rich, has_rich = [sentence], [f"<p><em>{html.escape(sentence)}</em></p>"], False
+    for out in shown:
+        data = out.get("data", {})
+        if out.get("output_type") == "stream":
+            plain.append(joined(out.get("text", "")).rstrip("\n"))
+            rich.append(f"<pre>{html.escape(plain[-1])}</pre>")
+        elif "image/png" in data:
+            has_rich = True
+            plain.append("[a plot]")
+            rich.append(f'<img src="data:image/png;base64,{joined(data["image/png"]).strip()}" '
+                        f'alt="the plot at these settings"/>')
+        elif "text/html" in data:
+            has_rich = True
+            rich.append(joined(data["text/html"]))
+            text = re.sub(r"</p>|</div>|<br\s*/?>", "\n", rich[-1])                  # its text, not its repr
+            plain.append("\n".join(" ".join(line.split()) for line in html.unescape(HTML_TAG.sub("", text)).split("\n")).strip())
+        elif "text/plain" in data:
+            plain.append(joined(data["text/plain"]).rstrip("\n"))
+            rich.append(f"<pre>{html.escape(plain[-1])}</pre>")
+    bundle = {"text/plain": "\n".join(p for p in plain if p)}
+    if has_rich:
+        bundle["text/html"] = "\n".join(rich)
+    return bundle
+
+
+def widget_outputs(nb: dict):
+    """(cell index, output) for every widget output of a notebook."""
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if WIDGET_VIEW in out.get("data", {}):
+                yield i, out
+
+
+def saved_widget_state(nb: dict) -> dict:
+    return nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+
+def add_widget_fallbacks(nb: dict) -> dict:
+    """Give every widget output whose model is saved with the notebook its fallback (in place)."""
+    state = saved_widget_state(nb)
+    for _, out in widget_outputs(nb):
+        model_id = out["data"][WIDGET_VIEW].get("model_id")
+        if model_id in state:
+            out["data"] = {WIDGET_VIEW: out["data"][WIDGET_VIEW],
+                           **{k: split_source(v) for k, v in widget_fallback(state, model_id).items()}}
+    return nb
+
+
+def widget_fallback_problems(nb: dict) -> list[str]:
+    state, problems = saved_widget_state(nb), []
+    for i, out in widget_outputs(nb):
+        model_id = out["data"][WIDGET_VIEW].get("model_id")
+        if model_id not in state:
+            problems.append(f"cell {i}: widget {model_id} is not saved in metadata.widgets (JupyterLab would show "
+                            f"'model not found'): execute the notebook with `python tools/course.py execute`")
+        elif {k: joined(v) for k, v in out["data"].items() if k != WIDGET_VIEW} != widget_fallback(state, model_id):
+            problems.append(f"cell {i}: the widget output's fallback (what an untrusted notebook shows) is not the "
+                            f"one its saved state gives: run `python tools/course.py tidy`")
+    return problems
+
+
+def tidied(nb: dict) -> dict:
+    """The notebook with the metadata JupyterLab writes (kernelspec, language_info, widget state numbers) and
+    its widget fallbacks; its outputs otherwise as they are."""
+    return add_widget_fallbacks({**nb, "metadata": clean_metadata(nb.get("metadata", {}))})
+
+
+def tidy(paths: list[Path], check: bool = False) -> list[str]:
+    """Rewrite committed notebooks in place, without running them (idempotent): what `tidied` gives."""
+    problems = []
+    for path in paths:
+        text = nb_text(tidied(read_nb(path)))
+        if text != path.read_text(encoding="utf-8"):
+            if check:
+                rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+                problems.append(f"{rel}: not tidy: run `python tools/course.py tidy`")
+            else:
+                atomic_write(path, text)
     return problems
 
 
@@ -545,7 +730,7 @@ def execute(path: Path, timeout: int = 1800) -> None:
     data["metadata"] = clean_metadata(data["metadata"])
     for cell in data["cells"]:
         cell.get("metadata", {}).pop("execution", None)
-    atomic_write(path, nb_text(data))
+    atomic_write(path, nb_text(add_widget_fallbacks(data)))
 
 
 # ----------------------------------------------------------------------------- text form
@@ -599,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--check", action="store_true", help="write nothing; fail if anything is out of date")
     sub.add_parser("lint")
+    p = sub.add_parser("tidy", help="rewrite notebooks in place without running them: metadata, widget fallbacks")
+    p.add_argument("--check", action="store_true", help="write nothing; fail if a notebook is not tidy")
+    p.add_argument("notebooks", nargs="*", type=Path)
     p = sub.add_parser("execute")
     p.add_argument("notebooks", nargs="+", type=Path)
     p = sub.add_parser("unpack")
@@ -612,6 +800,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = (export if args.cmd == "export" else exercises)(check=args.check)
     elif args.cmd == "lint":
         problems = lint()
+    elif args.cmd == "tidy":
+        problems = tidy([p.resolve() for p in args.notebooks] or
+                        [p for folder in LESSON_DIRS if folder != "exercises" for p in lessons(folder)], check=args.check)
     elif args.cmd == "execute":
         for path in args.notebooks:
             print(f"executing {path}", flush=True)
