@@ -10,7 +10,8 @@ Change the notebook and run `make export` again.
 
 __all__ = [
     'check_positions', 'sinusoidal_encoding', 'LearnedPositionEmbedding',
-    'SinusoidalPositionEmbedding',
+    'SinusoidalPositionEmbedding', 'rope_cos_sin', 'rotate_half', 'apply_rope',
+    'RotaryEmbedding',
 ]
 
 import torch
@@ -90,6 +91,60 @@ class SinusoidalPositionEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, n_embd={self.n_embd}"
+
+
+def rope_cos_sin(block_size: int, head_size: int, base: float = 10000.0,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosines and sines of the rotary angles m * omega_i, omega_i = base^(-2i/head_size), each of
+    shape (block_size, head_size) in the rotate-half layout: row m is [m w_0 .. m w_{h-1}, m w_0 .. m w_{h-1}]
+    (h = head_size // 2, dimensions i and i + h turn together). Computed in float64, returned in dtype.
+    rope_cos_sin(2, 2, base=10000.0) -> cos [[1, 1], [0.5403, 0.5403]], sin [[0, 0], [0.8415, 0.8415]]."""
+    block_size, head_size = _size("block_size", block_size, 1), _size("head_size", head_size, 1)
+    if head_size % 2:
+        raise ValueError(f"head_size must be even for rotary embeddings (pairs of dimensions), got {head_size}")
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 0:
+        raise ValueError(f"base must be a positive number (rope_theta), got {base!r}")
+    omega = float(base) ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)  # (h,)
+    angles = torch.arange(block_size, dtype=torch.float64).unsqueeze(1) * omega               # (block_size, h)
+    angles = torch.cat([angles, angles], dim=1)                                               # (block_size, head_size)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x_0 .. x_{h-1}, x_h .. x_{D-1}] -> [-x_h .. -x_{D-1}, x_0 .. x_{h-1}] on the last dimension:
+    rotate_half([1, 2, 3, 4]) -> [-3, -4, 1, 2]."""
+    x1, x2 = x.chunk(2, dim=-1)                        # (..., h) each
+    return torch.cat([-x2, x1], dim=-1)                # (..., D)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., T, head_size) with pair (i, i + head_size/2) of row t turned by the angles of row t
+    of cos and sin, each (T, head_size): y = x * cos + rotate_half(x) * sin, in x's dtype."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021) in Hugging Face's rotate-half layout:
+    forward(x, start=0) turns the rows of x (..., T, head_size) by the angles of positions
+    start .. start+T-1. No parameters; the tables are buffers left out of the state dict.
+    RotaryEmbedding(2, 4)(torch.tensor([[1., 0.], [1., 0.]])) -> [[1, 0], [cos 1, sin 1]] = [[1, 0], [0.5403, 0.8415]]."""
+
+    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        cos, sin = rope_cos_sin(block_size, head_size, base)       # checks the three arguments
+        self.head_size, self.block_size, self.base = head_size, block_size, float(base)
+        self.register_buffer("cos", cos, persistent=False)         # (block_size, head_size)
+        self.register_buffer("sin", sin, persistent=False)         # (block_size, head_size)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.size(-1) != self.head_size:
+            what = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            raise ValueError(f"RotaryEmbedding expects x of shape (..., T, head_size={self.head_size}), got {what}")
+        T, start = check_positions(x.size(-2), start, self.block_size)
+        return apply_rope(x, self.cos[start : start + T], self.sin[start : start + T])   # (..., T, head_size)
+
+    def extra_repr(self) -> str:
+        return f"head_size={self.head_size}, block_size={self.block_size}, base={self.base:g}"
 
 
 import operator

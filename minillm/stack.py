@@ -40,14 +40,17 @@ class TransformerStack(nn.Module):
         caches = [KVCache() for _ in range(stack.n_layer)]
         stack(prompt, kv_caches=caches)            # (B, T_prompt, C)
         stack(next_position, kv_caches=caches)     # (B, 1, C): attends to the prompt too
+
+    block_options: keyword options of lesson 15's Block (norm, norm_eps, n_kv_head,
+    rope_theta, qkv_bias, mlp, mlp_hidden), the same for every block; none gives GPT-2's.
     """
 
     def __init__(self, n_layer: int, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0,
-                 bias: bool = True):
+                 bias: bool = True, **block_options):
         super().__init__()
         _check_n_layer("TransformerStack", n_layer)
         self.n_layer = n_layer
-        self.h = nn.ModuleList(Block(n_embd, n_head, block_size, dropout=dropout, bias=bias)
+        self.h = nn.ModuleList(Block(n_embd, n_head, block_size, dropout=dropout, bias=bias, **block_options)
                                for _ in range(n_layer))
 
     def forward(self, x: torch.Tensor, kv_caches=None) -> torch.Tensor:

@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 from exercise_tools import assert_checks_work
-from minillm.position_embedding import (LearnedPositionEmbedding, SinusoidalPositionEmbedding, check_positions,
-                                        sinusoidal_encoding)
+from minillm.position_embedding import (LearnedPositionEmbedding, RotaryEmbedding, SinusoidalPositionEmbedding,
+                                        apply_rope, check_positions, rope_cos_sin, rotate_half, sinusoidal_encoding)
+from numerics import assert_close, assert_close64
 
 KINDS = [LearnedPositionEmbedding, SinusoidalPositionEmbedding]
 
@@ -158,37 +159,77 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "return M",
         # align_corners=False moves the end rows inwards
         2: "return F.interpolate(weight.T.unsqueeze(0), size=new_block_size, mode='linear')[0].T",
-        # the speeds of a (head_size)-wide table, not pairs
-        3: "omega = base ** (-torch.arange(head_size // 2, dtype=torch.float64) / head_size)\n"
-           "angles = torch.arange(block_size, dtype=torch.float64).unsqueeze(1) * omega\n"
-           "self.register_buffer('cos', angles.cos().float(), persistent=False)\n"
-           "self.register_buffer('sin', angles.sin().float(), persistent=False)",
-        # rotates by minus the angle
-        4: "cos, sin = self.cos[start : start + T], self.sin[start : start + T]\n"
-           "x1, x2 = x[..., 0::2], x[..., 1::2]\n"
-           "return torch.stack([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1).flatten(-2)",
+        # the inverse permutation: dimension i goes to 2i instead of coming from it
+        3: "return torch.arange(head_size).view(2, -1).T.flatten()",
     })
 
 
-def test_exercise_4_rejects_cos_and_sin_stored_as_parameters():
-    """A second wrong answer for the RoPE constructor: trainable tables, saved in the state dict."""
-    import course
-    from exercise_tools import run_cells
-    from minillm import checks
+# Rotary embeddings (section 7): Hugging Face's rotate-half layout, pair i = (x_i, x_{i + head_size/2}).
 
-    sol_path = course.ROOT / "solutions" / "04_position_embeddings.ipynb"
-    solution = course.read_nb(sol_path)
-    body = ["omega = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)",
-            "angles = torch.arange(block_size, dtype=torch.float64).unsqueeze(1) * omega",
-            "self.cos = nn.Parameter(angles.cos().float())",
-            "self.sin = nn.Parameter(angles.sin().float())"]
+def complex_rotation(x, start=0, base=10000.0):
+    """The reference: pair i of row t as the complex number x_i + i x_{i+h}, times e^(i (start + t) w_i), float64."""
+    T, D = x.shape[-2], x.shape[-1]
+    h = D // 2
+    omega = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(start, start + T, dtype=torch.float64).unsqueeze(1) * omega          # (T, h)
+    z = torch.complex(x[..., :h].double(), x[..., h:].double()) * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([z.real, z.imag], dim=-1)
 
-    def replace(i, region):
-        if i != 3:
-            return course.source(solution["cells"][region.cell]).split("\n")[region.start: region.end + 1]
-        return [region.indent + line for line in body]
 
-    results = run_cells(course.replace_regions(solution, replace), sol_path.parent)
-    rope = [r for r in results if r.title.startswith("Exercise 4")]
-    assert len(rope) == 1 and rope[0].status == checks.FAILED
-    assert all(r.status == checks.PASSED for r in results if not r.title.startswith("Exercise 4"))
+@pytest.mark.parametrize("D, T, start, base", [(2, 3, 0, 10000.0), (8, 10, 0, 10000.0), (16, 7, 5, 10000.0),
+                                               (64, 40, 100, 500000.0), (6, 4, 3, 10.0)])
+def test_apply_rope_is_the_complex_rotation_of_the_half_pairs(D, T, start, base):
+    x = torch.randn(2, 3, T, D, dtype=torch.float64, generator=torch.Generator().manual_seed(D + T))
+    cos, sin = rope_cos_sin(start + T, D, base, dtype=torch.float64)
+    assert_close64(apply_rope(x, cos[start:], sin[start:]), complex_rotation(x, start, base), scale=x.abs())
+
+
+def test_rotary_module_in_float32_against_the_reference():
+    x = torch.randn(2, 4, 12, 16, generator=torch.Generator().manual_seed(1))
+    rope = RotaryEmbedding(16, 32)
+    for start in (0, 9, 20):
+        got = rope(x, start=start)
+        assert got.dtype == torch.float32 and got.shape == x.shape
+        # each output adds two products of size |x_i| and |x_{i+h}| (cos and sin tables rounded to float32)
+        assert_close(got, complex_rotation(x, start).float(), scale=x.abs() + rotate_half(x).abs(), what=f"start={start}")
+    assert torch.equal(rope(x[:, :, 5:], start=5), rope(x)[:, :, 5:])
+
+
+def test_rotary_hand_worked_cases_and_properties():
+    rope = RotaryEmbedding(2, 4)
+    got = rope(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert torch.allclose(got, torch.tensor([[1.0, 0.0], [math.cos(1), math.sin(1)]]), atol=1e-7)
+    assert rotate_half(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist() == [-3.0, -4.0, 1.0, 2.0]
+    cos, sin = rope_cos_sin(2, 4, base=100.0)
+    assert torch.allclose(cos[1], torch.tensor([math.cos(1), math.cos(0.1), math.cos(1), math.cos(0.1)]))
+    x = torch.randn(5, 30, 8, dtype=torch.float64)
+    rope8 = RotaryEmbedding(8, 64).double()
+    assert torch.allclose(rope8(x).norm(dim=-1), x.norm(dim=-1), atol=1e-6)            # a rotation keeps lengths
+    q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+
+    def score(m, n):
+        return (rope8(q.expand(64, 8))[m] @ rope8(k.expand(64, 8))[n]).item()
+    assert score(7, 3) == pytest.approx(score(40, 36), abs=1e-5) == pytest.approx(score(4, 0), abs=1e-5)
+    assert abs(score(7, 3) - score(7, 0)) > 1e-3
+
+
+def test_rotary_keeps_nothing_in_the_state_dict_and_follows_the_device_dtype():
+    rope = RotaryEmbedding(8, 16)
+    assert list(rope.parameters()) == [] and list(rope.state_dict()) == []
+    assert rope.cos.shape == rope.sin.shape == (16, 8) and rope.cos.dtype == torch.float32
+    x = torch.randn(1, 4, 8, dtype=torch.bfloat16)
+    assert rope(x).dtype == torch.bfloat16
+    assert "head_size=8, block_size=16, base=10000" in repr(rope)
+
+
+def test_rotary_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="head_size must be even .* got 7"):
+        RotaryEmbedding(7, 16)
+    with pytest.raises(ValueError, match="base must be a positive number .* got -1"):
+        RotaryEmbedding(8, 16, base=-1)
+    with pytest.raises(ValueError, match="block_size must be a positive integer, got 0"):
+        RotaryEmbedding(8, 0)
+    with pytest.raises(ValueError, match="Cannot forward sequence of length 5 starting at position 12"):
+        RotaryEmbedding(8, 16)(torch.zeros(5, 8), start=12)
+    with pytest.raises(ValueError, match=r"head_size=8\), got shape \(3, 6\)"):
+        RotaryEmbedding(8, 16)(torch.zeros(3, 6))

@@ -62,6 +62,17 @@ def test_rms_norm_equals_torch_in_values_and_gradients(shape):
     assert_same(mine, theirs, x)
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])   # rms_norm_eps of Llama and Qwen2 checkpoints (GPTConfig.norm_eps)
+def test_rms_norm_with_the_families_eps_equals_torch_where_eps_matters(eps):
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * 3e-3  # mean(x^2) ~ 1e-5
+    mine, theirs = RMSNorm(16, eps=eps).double(), nn.RMSNorm(16, eps=eps).double()
+    randomize(mine, theirs)
+    assert_close64(mine(x), theirs(x), scale=mine(x).abs().max())
+    other = RMSNorm(16, eps=1e-6 if eps == 1e-5 else 1e-5).double()
+    other.load_state_dict(mine.state_dict())
+    assert (other(x) - mine(x)).abs().max() > 1e-3 * mine(x).abs().max()      # the eps is really used
+
+
 def test_a_different_eps_is_used():
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(7)) * 1e-3   # variance near eps, so eps matters
     mine, theirs = LayerNorm(8, eps=1e-4), nn.LayerNorm(8, eps=1e-4)

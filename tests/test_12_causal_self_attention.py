@@ -2,6 +2,7 @@
 fused against from scratch, no future leakage, dropout, errors, the key/value cache)."""
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from exercise_tools import assert_checks_work
 from minillm.causal_mask import CausalAttention, causal_mask
@@ -314,15 +316,99 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "y = F.scaled_dot_product_attention(q, k, v)\n"
            "W = attn.c_proj.weight\n"
            "return torch.stack([y[:, h] @ W[:, h * head_size:(h + 1) * head_size].T for h in range(n_head)])",
-        3: "self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, n_embd // n_head\n"   # no sharing
-           "self.q_proj = nn.Linear(n_embd, n_embd, bias=bias)\n"
-           "self.kv_proj = nn.Linear(n_embd, 2 * n_embd, bias=bias)\n"
-           "self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)",
-        4: "nh, nkv, hs = self.n_head, self.n_kv_head, self.head_size\n"                  # repeat, not repeat_interleave
-           "q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)\n"
-           "k, v = self.kv_proj(x).split(nkv * hs, dim=2)\n"
-           "k = k.view(B, T, nkv, hs).transpose(1, 2).repeat(1, nh // nkv, 1, 1)\n"
-           "v = v.view(B, T, nkv, hs).transpose(1, 2).repeat(1, nh // nkv, 1, 1)\n"
-           "y = F.scaled_dot_product_attention(q, k, v, is_causal=True)\n"
-           "return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))",
+        3: "p = torch.arange(T_past, T_past + T_new).unsqueeze(1)\n"                      # one key too many
+           "j = torch.arange(T_past + T_new).unsqueeze(0)\n"
+           "return (j <= p) & (j >= p - window)",
     })
+
+
+# Section 8: grouped-query attention and rotary positions.
+
+def gqa_reference(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """The definition: c_attn's rows cut into q (n_head heads), k and v (n_kv_head heads), each key/value
+    head repeated for its group of n_head // n_kv_head query heads, F.scaled_dot_product_attention, c_proj."""
+    B, T, C = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+    W = attn.c_attn.weight
+    b = attn.c_attn.bias if attn.c_attn.bias is not None else torch.zeros(W.size(0), dtype=W.dtype)
+    rows = [(0, C, nh), (C, C + nkv * hs, nkv), (C + nkv * hs, C + 2 * nkv * hs, nkv)]
+    q, k, v = ((x @ W[a:z].T + b[a:z]).view(B, T, n, hs).transpose(1, 2) for a, z, n in rows)
+    if attn.rotary is not None:
+        q, k = attn.rotary(q), attn.rotary(k)
+    k = k.unsqueeze(2).expand(B, nkv, nh // nkv, T, hs).reshape(B, nh, T, hs)      # head g repeated nh // nkv times
+    v = v.unsqueeze(2).expand(B, nkv, nh // nkv, T, hs).reshape(B, nh, T, hs)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("n_head, n_kv_head", [(8, 8), (8, 4), (8, 2), (8, 1), (6, 3)])
+@pytest.mark.parametrize("rope_theta", [None, 10000.0])
+def test_grouped_query_attention_equals_repeated_kv_heads(fused, n_head, n_kv_head, rope_theta):
+    attn = module(48, n_head, fused=fused, n_kv_head=n_kv_head, rope_theta=rope_theta).double()
+    x = randn(2, 13, 48).double()
+    assert attn.c_attn.weight.shape == (48 + 2 * n_kv_head * (48 // n_head), 48)
+    assert_close64(attn(x), gqa_reference(attn, x), scale=gqa_reference(attn, x).abs().max())
+
+
+def test_gqa_with_torch_enable_gqa():
+    attn = module(32, 8, n_kv_head=2).double()
+    x = randn(2, 9, 32).double()
+    B, T, C = x.shape
+    q, k, v = attn.c_attn(x).split([32, 8, 8], dim=2)
+    q, k, v = q.view(B, T, 8, 4).transpose(1, 2), k.view(B, T, 2, 4).transpose(1, 2), v.view(B, T, 2, 4).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    expected = attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+    assert_close64(attn(x), expected, scale=expected.abs().max())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("n_kv_head, rope_theta", [(2, 10000.0), (1, 500000.0), (4, None), (2, None)])
+def test_cache_with_gqa_and_rope_equals_one_pass(fused, n_kv_head, rope_theta):
+    attn = module(32, 4, fused=fused, n_kv_head=n_kv_head, rope_theta=rope_theta, bias=False, qkv_bias=True).double()
+    x = randn(2, 20, 32).double()
+    full = attn(x)
+    cache = KVCache()
+    parts = [attn(x[:, a:b], kv_cache=cache) for a, b in [(0, 7), (7, 8), (8, 13)] + [(t, t + 1) for t in range(13, 20)]]
+    assert_close64(torch.cat(parts, dim=1), full, scale=full.abs().max())
+    assert cache.k.shape == cache.v.shape == (2, n_kv_head, 20, 8)
+
+
+def test_rope_positions_start_at_the_cache_length():
+    attn = module(32, 4, rope_theta=10000.0)
+    x = randn(1, 10, 32)
+    cache = KVCache()
+    attn(x[:, :6], kv_cache=cache)
+    last = attn(x[:, 6:7], kv_cache=cache)
+    assert torch.allclose(last, attn(x[:, :7])[:, 6:], atol=1e-5)
+    assert not torch.allclose(attn(x[:, 6:7]), last, atol=1e-3)       # the same token at position 0 is not the same
+    assert [n for n, _ in attn.named_parameters()] == ["c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"]
+    assert list(attn.state_dict()) == ["c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"]
+
+
+def test_bias_options_and_the_default_is_unchanged():
+    torch.manual_seed(0)
+    plain = CausalSelfAttention(32, 4, 16)
+    torch.manual_seed(0)
+    same = CausalSelfAttention(32, 4, 16, n_kv_head=4, rope_theta=None, qkv_bias=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), same.state_dict().values()))
+    assert repr(plain) == repr(same) and plain.rotary is None and "n_kv_head" not in repr(plain)
+    qwen = CausalSelfAttention(32, 4, 16, bias=False, qkv_bias=True, n_kv_head=2)
+    assert qwen.c_attn.bias is not None and qwen.c_proj.bias is None and qwen.c_attn.bias.shape == (32 + 2 * 16,)
+    assert "n_kv_head=2" in repr(qwen)
+    llama = CausalSelfAttention(32, 4, 16, bias=False)
+    assert llama.c_attn.bias is None and llama.c_proj.bias is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_kv_head=3), "n_head=4 is not a multiple of n_kv_head=3"),
+    (dict(n_kv_head=0), "n_kv_head must be a positive integer, got 0"),
+    (dict(n_kv_head=8), "n_head=4 is not a multiple of n_kv_head=8"),
+    (dict(rope_theta=0.0), "rope_theta must be a positive number or None, got 0.0"),
+    (dict(rope_theta="10000"), "rope_theta must be a positive number or None, got '10000'"),
+])
+def test_gqa_and_rope_configuration_errors(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CausalSelfAttention(32, 4, 16, **kwargs)
+    with pytest.raises(ValueError, match="head_size = n_embd // n_head must be even, got 3"):
+        CausalSelfAttention(12, 4, 16, rope_theta=10000.0)

@@ -198,5 +198,66 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         0: "return F.gelu(z, approximate=\"tanh\")",                                   # calls the function it must write
         1: "h = F.relu(x @ w_fc.T + b_fc)\nreturn h @ w_proj.T + b_proj",              # ReLU instead of GELU
         2: "hidden = int(2 * 4 * n_embd / 3)\nreturn hidden // multiple_of * multiple_of",   # rounds down
-        3: "return self.w2(F.silu(self.w1(x) * self.w3(x)))",                           # gates after the product
+        3: "return self.dropout(self.c_proj(torch.relu(self.c_fc(x) ** 2)))",           # squares before the ReLU
     })
+
+
+# Section 9 and the MLP's options: SwiGLU, the exact GELU, a hidden size of its own.
+
+def test_swiglu_equals_the_formula_in_float64_in_values_and_gradients():
+    from minillm.mlp import SwiGLU
+    torch.manual_seed(3)
+    m = SwiGLU(24, hidden=64, bias=True).double()
+    x = torch.randn(3, 11, 24, dtype=torch.float64, requires_grad=True)
+    a = x @ m.c_gate.weight.T + m.c_gate.bias
+    b = x @ m.c_fc.weight.T + m.c_fc.bias
+    direct = (a / (1 + torch.exp(-a)) * b) @ m.c_proj.weight.T + m.c_proj.bias     # silu(a) = a * sigmoid(a)
+    out = m(x)
+    assert_close64(out, direct, scale=direct.abs().max())
+    g1, = torch.autograd.grad(out.sum(), x)
+    g2, = torch.autograd.grad(direct.sum(), x)
+    assert_close64(g1, g2, scale=g2.abs().max())
+
+
+def test_swiglu_hand_example_parameters_and_names():
+    from minillm.mlp import SwiGLU
+    m = SwiGLU(2, hidden=2)
+    with torch.no_grad():
+        m.c_gate.weight.copy_(torch.eye(2))
+        m.c_fc.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        m.c_proj.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    assert torch.allclose(m(torch.tensor([1.0, -2.0])), torch.tensor([-0.7310586, -1.4462761]), atol=1e-6)
+    assert [n for n, _ in SwiGLU(8, 20).named_parameters()] == ["c_gate.weight", "c_fc.weight", "c_proj.weight"]
+    assert sum(p.numel() for p in SwiGLU(768, 2048).parameters()) == 3 * 768 * 2048
+    assert repr(SwiGLU(8, 20)).startswith("SwiGLU(\n  n_embd=8, hidden=20")
+    x = torch.randn(2, 6, 8)
+    perm = torch.tensor([5, 3, 0, 1, 4, 2])
+    s = SwiGLU(8, 20)
+    assert torch.allclose(s(x[:, perm]), s(x)[:, perm], atol=1e-6)
+
+
+def test_swiglu_and_mlp_options_refuse_bad_values():
+    from minillm.mlp import SwiGLU
+    with pytest.raises(ValueError, match="SwiGLU: hidden must be a positive integer, got 0"):
+        SwiGLU(8, 0)
+    with pytest.raises(ValueError, match="SwiGLU was built for n_embd=8"):
+        SwiGLU(8, 16)(torch.randn(2, 7))
+    with pytest.raises(ValueError, match=r"MLP: activation must be one of \['gelu', 'gelu_exact'\], got 'relu'"):
+        MLP(8, activation="relu")
+    with pytest.raises(ValueError, match="MLP: hidden must be a positive integer, got -3"):
+        MLP(8, hidden=-3)
+
+
+def test_mlp_exact_gelu_and_hidden_options():
+    torch.manual_seed(0)
+    m = MLP(16, activation="gelu_exact", hidden=40).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    h = x @ m.c_fc.weight.T + m.c_fc.bias
+    direct = (0.5 * h * (1 + torch.erf(h / math.sqrt(2)))) @ m.c_proj.weight.T + m.c_proj.bias
+    assert_close64(m(x), direct, scale=direct.abs().max())
+    assert m.c_fc.weight.shape == (40, 16) and "hidden=40, activation='gelu_exact'" in repr(m)
+    torch.manual_seed(1)
+    default = MLP(16)
+    torch.manual_seed(1)
+    same = MLP(16, activation="gelu", hidden=64)
+    assert repr(default) == repr(same) and all(torch.equal(a, b) for a, b in zip(default.parameters(), same.parameters()))

@@ -175,3 +175,57 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "x = x + (torch.rand(x.size(0), 1, 1) < keep).to(x.dtype) / keep * self.attn(self.ln_1(x))\n"
            "return x + (torch.rand(x.size(0), 1, 1) < 0.5).to(x.dtype) / keep * self.mlp(self.ln_2(x))",
     })
+
+
+# The options of newer models: RMSNorm, grouped-query attention, rotary positions, SwiGLU.
+
+def test_default_block_is_gpt2s_parameter_for_parameter():
+    from minillm.causal_self_attention import CausalSelfAttention
+    from minillm.layer_norm import LayerNorm
+    from minillm.mlp import MLP
+    torch.manual_seed(0)
+    block = Block(32, 4, block_size=16)
+    torch.manual_seed(0)
+    parts = [LayerNorm(32), CausalSelfAttention(32, 4, 16), LayerNorm(32), MLP(32)]
+    expected = {f"{prefix}.{k}": v for prefix, part in zip(["ln_1", "attn", "ln_2", "mlp"], parts)
+                for k, v in part.state_dict().items()}
+    got = block.state_dict()
+    assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_llama_style_block_parts_and_count():
+    from minillm.layer_norm import RMSNorm
+    from minillm.mlp import SwiGLU
+    block = Block(64, 8, block_size=32, bias=False, norm="rmsnorm", norm_eps=1e-6, n_kv_head=2,
+                  rope_theta=500000.0, mlp="swiglu", mlp_hidden=160)
+    assert isinstance(block.ln_1, RMSNorm) and block.ln_1.eps == 1e-6 and isinstance(block.mlp, SwiGLU)
+    assert block.attn.n_kv_head == 2 and block.attn.rotary.base == 500000.0
+    assert sum(p.numel() for p in block.parameters()) == 64 * (64 + 2 * 16) + 64 * 64 + 3 * 64 * 160 + 2 * 64
+    assert Block(64, 8, 32, mlp="swiglu").mlp.hidden == 8 * 64 // 3
+    qwen = Block(64, 8, 32, bias=False, qkv_bias=True, norm="rmsnorm")
+    assert qwen.attn.c_attn.bias is not None and qwen.attn.c_proj.bias is None and qwen.mlp.c_fc.bias is None
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_llama_style_block_cache_equals_one_pass_and_is_causal(fused):
+    from minillm.causal_self_attention import KVCache
+    torch.manual_seed(2)
+    block = Block(32, 4, 16, norm="rmsnorm", n_kv_head=1, rope_theta=10000.0, mlp="swiglu").double().eval()
+    block.attn.fused = fused
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    full = block(x)
+    cache = KVCache()
+    steps = torch.cat([block(x[:, :5], kv_cache=cache)] + [block(x[:, t:t + 1], kv_cache=cache) for t in range(5, 12)], 1)
+    assert torch.allclose(steps, full, atol=1e-10)
+    changed = x.clone()
+    changed[:, 7] += 1.0
+    assert torch.equal(block(changed)[:, :7], full[:, :7])
+
+
+def test_block_options_refuse_unknown_names():
+    with pytest.raises(ValueError, match=r"norm must be one of \('layernorm', 'rmsnorm'\), got 'batchnorm'"):
+        Block(32, 4, 16, norm="batchnorm")
+    with pytest.raises(ValueError, match=r"mlp must be one of \('gelu', 'gelu_exact', 'swiglu'\), got 'relu'"):
+        Block(32, 4, 16, mlp="relu")
+    with pytest.raises(ValueError, match="n_head=4 is not a multiple of n_kv_head=3"):
+        Block(32, 4, 16, n_kv_head=3)

@@ -142,3 +142,21 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         2: "hidden = [x]\nfor block in self.h:\n    x = block(x)\n    hidden.append(x)\nreturn x, hidden",  # caches ignored
         3: "init_gpt2_(module, n_layer=1)",                                               # small, not zero
     })
+
+
+def test_block_options_reach_every_block_and_the_initialisation_scales_swiglu():
+    from minillm.layer_norm import RMSNorm
+    from minillm.mlp import SwiGLU
+    torch.manual_seed(0)
+    stack = TransformerStack(6, 64, 4, 32, bias=False, norm="rmsnorm", n_kv_head=2, rope_theta=10000.0,
+                             mlp="swiglu", mlp_hidden=192)
+    init_gpt2_(stack, 6)
+    for block in stack.h:
+        assert isinstance(block.ln_1, RMSNorm) and isinstance(block.mlp, SwiGLU) and block.attn.n_kv_head == 2
+    projections = torch.cat([b.mlp.c_proj.weight.flatten() for b in stack.h] + [b.attn.c_proj.weight.flatten() for b in stack.h])
+    gates = torch.cat([b.mlp.c_gate.weight.flatten() for b in stack.h])
+    assert abs(projections.std().item() - 0.02 / math.sqrt(12)) < 0.0005
+    assert abs(gates.std().item() - 0.02) < 0.0005
+    assert all(torch.equal(b.ln_1.weight, torch.ones(64)) for b in stack.h)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_kv_heads'"):
+        TransformerStack(2, 64, 4, 32, n_kv_heads=2)

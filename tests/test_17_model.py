@@ -7,6 +7,7 @@ Face's GPT2LMHeadModel itself.
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def ids(B, T, V, seed=1):
 def test_config_defaults_are_the_course_model():
     c = GPTConfig()
     assert (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.dropout, c.bias) == (256, 65, 6, 6, 384, 0.0, True)
-    assert [f.type for f in dataclasses.fields(GPTConfig)] in (
+    assert [f.type for f in dataclasses.fields(GPTConfig)][:7] in (
         ["int", "int", "int", "int", "int", "float", "bool"], [int, int, int, int, int, float, bool])
 
 
@@ -446,5 +447,241 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
            "if name == 'wpe.weight':\n    return 'embedding.position.weight', False\n"
            "if name.startswith('h.'):\n    return 'stack.' + name, name.endswith(('c_attn.weight', 'c_fc.weight'))\n"
            "return name, False",
-        3: "self.lm_head.weight = nn.Parameter(self.embedding.token.weight.detach().clone())",  # a copy, not new numbers
+        3: "return config_from_llama({**hf_config, 'model_type': 'llama'})",                    # ignores the window
     })
+
+
+# ----------------------------------------------------------------------------- the families: config options
+
+LLAMA_STYLE = dict(bias=False, norm="rmsnorm", norm_eps=1e-6, position="rope", rope_theta=500000.0, mlp="swiglu",
+                   mlp_hidden=88, n_kv_head=2, tie_embeddings=False)
+
+
+def test_default_config_builds_exactly_todays_gpt2_parameters():
+    """Names, shapes and initialisation of a GPT-2 config are those of the model before the options
+    existed (lesson 20's checkpoints load): the same seed gives the same tensors as the parts built by hand."""
+    from minillm.input_embedding import InputEmbedding
+    from minillm.layer_norm import LayerNorm
+    from minillm.stack import TransformerStack, init_gpt2_
+    torch.manual_seed(3)
+    model = GPT(TINY)
+    torch.manual_seed(3)
+    emb = InputEmbedding(37, 16, 32)
+    stack = TransformerStack(2, 32, 4, 16)
+    ln_f = LayerNorm(32)
+    head = nn.Linear(32, 37, bias=False)
+    head.weight = emb.token.weight
+    parts = nn.ModuleDict(dict(embedding=emb, stack=stack, ln_f=ln_f, lm_head=head))
+    init_gpt2_(parts, 2)
+    ours, theirs = model.state_dict(), parts.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert repr(TINY) == "GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=4, n_embd=32, dropout=0.0, bias=True)"
+    assert dataclasses.asdict(TINY)["norm"] == "layernorm" and GPTConfig(**dataclasses.asdict(TINY)) == TINY
+
+
+def test_llama_style_config_builds_the_chosen_parts():
+    from minillm.layer_norm import RMSNorm
+    from minillm.mlp import SwiGLU
+    config = dataclasses.replace(TINY, **LLAMA_STYLE)
+    model = GPT(config)
+    assert not hasattr(model.embedding, "position") and isinstance(model.ln_f, RMSNorm) and model.ln_f.eps == 1e-6
+    assert model.lm_head.weight is not model.embedding.token.weight
+    block = model.stack.h[0]
+    assert isinstance(block.mlp, SwiGLU) and block.mlp.hidden == 88 and block.attn.n_kv_head == 2
+    assert block.attn.rotary.base == 500000.0 and model.stack.h[1].attn.rotary is block.attn.rotary   # one table
+    C, kv = 32, 2 * 8
+    per_block = C * (C + 2 * kv) + C * C + 3 * C * 88 + 2 * C
+    assert model.num_params() == model.num_params(non_embedding=False) == 2 * per_block + C + 2 * 37 * C
+    assert "LM head (untied)" in parameter_breakdown(model)
+    assert sum(parameter_breakdown(model).values()) == model.num_params(non_embedding=False)
+    assert "position='rope'" in repr(config) and "n_kv_head=2" in repr(config) and "qkv_bias" not in repr(config)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_llama_style_model_cache_equals_one_pass(fused):
+    model = randomize(GPT(dataclasses.replace(TINY, **LLAMA_STYLE))).double().eval()
+    for block in model.stack.h:
+        block.attn.fused = fused
+    idx = ids(2, 16, 37, seed=4)
+    caches = [KVCache() for _ in range(2)]
+    with torch.no_grad():
+        full = model(idx)[0]
+        pieces = [model(idx[:, :5], kv_caches=caches)[0]] + [model(idx[:, t:t + 1], kv_caches=caches)[0] for t in range(5, 16)]
+    assert_close64(torch.cat(pieces, dim=1), full, scale=full.abs().max())
+    assert caches[0].k.shape == (2, 2, 16, 8)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("norm", "batchnorm", "norm must be one of ('layernorm', 'rmsnorm'), got 'batchnorm'"),
+    ("position", "sinusoidal", "position must be one of ('learned', 'rope'), got 'sinusoidal'"),
+    ("mlp", "relu", "mlp must be one of ('gelu', 'gelu_exact', 'swiglu'), got 'relu'"),
+    ("norm_eps", 0.0, "norm_eps must be a positive number, got 0.0"),
+    ("rope_theta", -1.0, "rope_theta must be a positive number, got -1.0"),
+    ("mlp_hidden", 0, "mlp_hidden must be a positive integer or None, got 0"),
+    ("n_kv_head", 3, "n_head=4 is not a multiple of n_kv_head=3"),
+    ("n_kv_head", 2.0, "n_kv_head must be a positive integer or None, got 2.0"),
+    ("qkv_bias", 1, "qkv_bias must be True or False or None, got 1"),
+    ("tie_embeddings", "yes", "tie_embeddings must be True or False, got 'yes'"),
+])
+def test_config_options_are_checked_naming_the_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match="^GPTConfig: " + re.escape(message)):
+        dataclasses.replace(TINY, **{field: value})
+
+
+def test_rope_needs_an_even_head_size():
+    with pytest.raises(ValueError, match="head size n_embd // n_head must be even, got 3"):
+        GPTConfig(n_embd=12, n_head=4, position="rope")
+
+
+# ----------------------------------------------------------------------------- GPT.from_pretrained against transformers
+
+FAMILY_VOCAB, FAMILY_POSITIONS = 101, 128
+
+
+def hf_family(family: str, tie: bool, seed: int = 0):
+    """A tiny random Hugging Face model of the family, built locally (no download), with weights of
+    order 0.2 so that its logits are far from uniform and greedy decoding has clear favourites."""
+    transformers = pytest.importorskip("transformers")
+    common = dict(vocab_size=FAMILY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=172, max_position_embeddings=FAMILY_POSITIONS,
+                  rms_norm_eps=1e-5, tie_word_embeddings=tie, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=500000.0))
+    elif family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=1000000.0))
+    else:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=FAMILY_VOCAB, n_positions=FAMILY_POSITIONS, n_embd=64, n_layer=2, n_head=4,
+            bos_token_id=None, eos_token_id=None))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.startswith(("transformer.ln", "transformer.h")) and ".ln_" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g) if name.endswith("weight") else 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def save(model, folder, as_bin: bool):
+    """save_pretrained to folder; as_bin: the weights as pytorch_model.bin instead of model.safetensors."""
+    model.save_pretrained(folder)
+    if as_bin:
+        from safetensors.torch import load_file
+        weights = load_file(str(folder / "model.safetensors"))
+        (folder / "model.safetensors").unlink()
+        torch.save(weights, folder / "pytorch_model.bin")
+    return folder
+
+
+def greedy_with_cache(model: GPT, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding through minillm's KV caches: the prompt once, then one token at a time."""
+    caches = [KVCache() for _ in range(model.config.n_layer)]
+    out, new = prompt, prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(new, kv_caches=caches)[0]
+            new = logits[:, -1].argmax(dim=-1, keepdim=True)
+            out = torch.cat([out, new], dim=1)
+    return out
+
+
+# The tolerance of the logits, compared in float64: both sides compute the same function in float64 except
+# the rotary tables, which both hold to float32 precision (transformers computes its angles in float32
+# even in a float64 model; minillm rounds float64 angles to float32), so the logits agree to a few float32
+# units of their scale. Measured: 2e-7 of max|logit| on this model; a wrong pairing of the rotary
+# dimensions or of the grouped heads is off by 1e-1 or more.
+ROPE_REL = 1e-5
+
+
+@pytest.mark.parametrize("family, tie", [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True),
+                                         ("gpt2", True)])
+@pytest.mark.parametrize("as_bin", [False, True])
+def test_from_pretrained_equals_transformers(tmp_path, family, tie, as_bin):
+    pytest.importorskip("safetensors")
+    hf = hf_family(family, tie)
+    ours = GPT.from_pretrained(save(hf, tmp_path, as_bin))
+    assert not ours.training
+    assert ours.num_params(non_embedding=False) == sum(p.numel() for p in hf.parameters())
+    assert (ours.lm_head.weight is ours.embedding.token.weight) == tie
+    idx = ids(3, 40, FAMILY_VOCAB, seed=8)
+    with torch.no_grad():
+        theirs64, ours64 = hf.double()(idx).logits, ours.double()(idx)[0]
+    assert theirs64.abs().max() > 1.0                                # far from uniform: a difference would show
+    rel = 1e-10 if family == "gpt2" else ROPE_REL
+    assert_close64(ours64, theirs64, rel=rel, scale=theirs64.abs().max())
+
+    hf.float(), ours.float()
+    prompt = idx[:2, :6]
+    with torch.no_grad():
+        theirs_text = hf.generate(prompt, max_new_tokens=50, do_sample=False, min_new_tokens=50)
+    our_text = greedy_with_cache(ours, prompt, 50)
+    assert theirs_text.shape == our_text.shape == (2, 56)
+    assert torch.equal(our_text, theirs_text)
+    assert len(set(our_text[0, 6:].tolist())) > 5                     # a real continuation, not one token repeated
+
+
+def test_from_pretrained_refuses_what_it_cannot_compute(tmp_path):
+    pytest.importorskip("safetensors")
+    hf = hf_family("llama", tie=False)
+    save(hf, tmp_path, as_bin=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+
+    def with_config(**changes):
+        (tmp_path / "config.json").write_text(json.dumps({**config, **changes}))
+        return tmp_path
+
+    for changes, message in [
+            (dict(model_type="mistral"), "model_type='mistral', which GPT.from_pretrained cannot load: it knows 'gpt2', 'llama', 'qwen2'"),
+            (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}), "config.json sets rope_parameters="),
+            (dict(rope_scaling={"type": "linear", "factor": 2.0}), "config.json sets rope_scaling="),
+            (dict(hidden_act="gelu"), "config.json sets hidden_act='gelu', which minillm cannot load"),
+            (dict(head_dim=32), "config.json sets head_dim=32"),
+            (dict(attention_bias=True), "config.json sets attention_bias=True"),
+            (dict(use_sliding_window=True), "config.json sets use_sliding_window=True"),
+            (dict(layer_types=["full_attention", "sliding_attention"]), "config.json sets layer_types=")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            GPT.from_pretrained(with_config(**changes))
+    with_config()
+    GPT.from_pretrained(tmp_path)                                     # the unchanged folder loads
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no weights: GPT.from_pretrained reads model.safetensors"):
+        GPT.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+        GPT.from_pretrained(tmp_path / "nowhere")
+
+
+def test_from_pretrained_names_a_missing_or_unknown_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+    hf = hf_family("qwen2", tie=False)
+    save(hf, tmp_path, as_bin=False)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    partial = {k: v for k, v in weights.items() if k != "model.layers.1.self_attn.v_proj.bias"}
+    save_file(partial, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model.layers.1.self_attn.v_proj.bias is missing"):
+        GPT.from_pretrained(tmp_path)
+    no_norm = {k: v for k, v in weights.items() if k != "model.norm.weight"}
+    save_file(no_norm, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"1 of the model's tensors missing \['ln_f.weight'\]"):
+        GPT.from_pretrained(tmp_path)
+    save_file({**weights, "model.layers.0.mlp.extra.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="unexpected tensor 'model.layers.0.mlp.extra.weight'"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_reads_shards(tmp_path):
+    from safetensors.torch import load_file, save_file
+    hf = hf_family("llama", tie=True)
+    save(hf, tmp_path, as_bin=False)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.safetensors").unlink()
+    names = sorted(weights)
+    halves = {"model-00001-of-00002.safetensors": names[:len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in halves.items():
+        save_file({k: weights[k] for k in keys}, str(tmp_path / shard))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}))
+    ours = GPT.from_pretrained(tmp_path)
+    idx = ids(1, 12, FAMILY_VOCAB)
+    with torch.no_grad():
+        assert torch.allclose(ours(idx)[0], hf(idx).logits, atol=1e-4)

@@ -320,3 +320,52 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
         3: "score = torch.gather(logits, 1, previous) / penalty\n"                       # divides negatives too
            "return logits.scatter(1, previous, score)",
     })
+
+
+# ----------------------------------------------------------------------------- the families: RoPE and GQA
+
+@pytest.fixture(scope="module")
+def llama_style():
+    """A tiny Llama-style GPT (rotary positions, 1 key/value head for 4 query heads, RMSNorm, SwiGLU,
+    untied head), with weights large enough that greedy decoding has clear favourites."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, bias=False, norm="rmsnorm",
+                          position="rope", mlp="swiglu", n_kv_head=1, tie_embeddings=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def test_cached_generation_with_rope_and_gqa_gives_the_same_tokens(llama_style):
+    """Positions come from the caches' length: the cached path must equal the uncached one, within the
+    block and after the window has slid (every step a recomputation on the last 16 tokens)."""
+    prompt = torch.randint(0, 11, (3, 3), generator=torch.Generator().manual_seed(2))
+    for n in (1, 5, 13, 30):
+        a = generate(llama_style, prompt, n, temperature=0, use_cache=True)
+        assert torch.equal(a, generate(llama_style, prompt, n, temperature=0, use_cache=False)), n
+    sampled = [generate(llama_style, prompt, 25, top_k=5, generator=torch.Generator().manual_seed(9), use_cache=c)
+               for c in (True, False)]
+    assert torch.equal(*sampled)
+    assert len(set(generate(llama_style, prompt, 13, temperature=0)[0, 3:].tolist())) > 2
+
+
+def test_generate_equals_transformers_greedy_for_llama(tmp_path):
+    """minillm's generate (KV cache) on a checkpoint from transformers: the same 50 greedy tokens."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=172, max_position_embeddings=64, rms_norm_eps=1e-5, bos_token_id=None,
+        eos_token_id=None, pad_token_id=None)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.2)
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(tmp_path)
+    prompt = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = hf.generate(prompt, max_new_tokens=50, do_sample=False, min_new_tokens=50)
+    assert torch.equal(generate(ours, prompt, 50, temperature=0), theirs)
