@@ -9,7 +9,6 @@ the option and the value, and exit status 2. A run that diverges exits with 1, o
 Ctrl-C with 130 and one stopped by SIGTERM with 143, so that scripts can tell them from a finished one.
 """
 import argparse
-import hashlib
 import json
 import math
 import re
@@ -44,6 +43,15 @@ MODEL_OPTIONS = {   # option -> (GPTConfig field, type, help)
     "--n-embd": ("n_embd", int, "width of every token's vector"),
     "--block-size": ("block_size", int, "context length: the most tokens the model reads at once"),
     "--dropout": ("dropout", float, "dropout rate while training (0 to switch it off)"),
+    # the parts of later model families (lesson 21); each defaults to GPT-2's, and GPTConfig checks them
+    "--norm": ("norm", ("layernorm", "rmsnorm"), "layernorm (GPT-2) or rmsnorm (Llama, Qwen2) (default: layernorm)"),
+    "--position": ("position", ("learned", "rope"),
+                   "learned: a position table (GPT-2); rope: rotary positions inside attention (Llama, Qwen2) (default: learned)"),
+    "--rope-theta": ("rope_theta", float, "the rotary base, with --position rope (default: 10000)"),
+    "--mlp": ("mlp", ("gelu", "gelu_exact", "swiglu"), "gelu (tanh approximation, GPT-2), gelu_exact or swiglu (Llama) (default: gelu)"),
+    "--mlp-hidden": ("mlp_hidden", int, "the MLP's hidden width (default: 4 x --n-embd, or 8/3 x for swiglu)"),
+    "--n-kv-head": ("n_kv_head", int, "key/value heads, a divisor of --n-head: grouped-query attention; 1 is "
+                                      "multi-query (default: --n-head, multi-head)"),
 }
 TRAIN_OPTIONS = {   # option -> (TrainConfig field, type, help)
     "--batch-size": ("batch_size", int, "sequences per micro-batch (per process under torchrun)"),
@@ -75,38 +83,34 @@ def _option_message(e: Exception) -> str:
     return re.sub(r"^(\w+)\b", lambda m: OPTION_OF.get(m.group(1), m.group(1)), text)
 
 
-def _read_text(path: Path, option: str = "--data") -> str:
+def _scan_text(path: Path, option: str = "--data"):
+    """One streaming pass over the text file (lesson 20's scan_text): its SHA-256, size and
+    characters; UsageError if it is missing, not a file, unreadable, not UTF-8 or empty."""
+    from minillm.training import scan_text
+
     try:
         if path.exists() and not path.is_file():
             kind = "a directory" if path.is_dir() else "not a regular file (a pipe or a device?)"
             raise UsageError(f"{option} {path} is {kind}; give a UTF-8 text file")
-        data = path.read_bytes()
+        return scan_text(path, progress=True)
     except FileNotFoundError:
         raise UsageError(f"{option} {path}: no such file") from None
     except OSError as e:
         raise UsageError(f"{option} {path} cannot be read: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{option} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text:
-        raise UsageError(f"{option} {path} is empty")
-    return text
+    except ValueError as e:                                 # "not UTF-8 text (... at byte N)", "empty"
+        raise UsageError(f"{option} {path} is {e}") from None
 
 
 def _corpus(data, option: str = "--data") -> tuple:
-    """(text, name) of --data, or of Tiny Shakespeare when --data is not given."""
+    """(path, TextScan, name) of --data, or of Tiny Shakespeare when --data is not given."""
     if data is None:
-        from minillm.corpus import CorpusError, tiny_shakespeare
+        from minillm.corpus import CorpusError, corpus_path
         try:
-            return tiny_shakespeare(), "tinyshakespeare"
+            path = corpus_path()
         except CorpusError as e:
             raise UsageError(str(e)) from None
-    return _read_text(Path(data), option), Path(data).stem
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return path, _scan_text(path, "Tiny Shakespeare"), "tinyshakespeare"
+    return Path(data), _scan_text(Path(data), option), Path(data).stem
 
 
 def _is_file(path: Path, option: str) -> bool:
@@ -188,6 +192,7 @@ def _resume_changes(args, ckpt: dict, run: dict) -> tuple:
     for option, value, has in (("--tokenizer", args.tokenizer, run.get("tokenizer")),
                                ("--vocab-size", args.vocab_size, requested_vocab),
                                ("--val-fraction", args.val_fraction, run.get("val_fraction")),
+                               ("--bpe-sample-mb", args.bpe_sample_mb, run.get("bpe_sample_mb")),
                                ("--preset", args.preset, run.get("preset"))):
         if value is not None and has is not None and has != value:
             refused.append(f"{option} {value} (the run has {has})")
@@ -262,8 +267,8 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"the run's text {run['data']} (recorded in {out / RUN_FILE}) is gone; give it "
                              f"with --data")
         data = args.data if args.data is not None else run["data"]   # the run's own text, unless given
-        text, name = _corpus(data, "--data" if args.data is not None else f"the run's text (from {RUN_FILE})")
-        digest = _sha256(text)
+        path, scan, name = _corpus(data, "--data" if args.data is not None else f"the run's text (from {RUN_FILE})")
+        digest = scan.sha256
         if run.get("data_sha256") is not None and run["data_sha256"] != digest:
             what = f"--data {args.data}" if args.data is not None else f"{data or 'Tiny Shakespeare'} (from {RUN_FILE})"
             raise UsageError(f"{what} is not the text this run was trained on (SHA-256 {digest[:12]}..., the run's "
@@ -274,8 +279,10 @@ def _train(args: argparse.Namespace) -> int:
                              f"tokens, one for each byte")
         if args.val_fraction is not None and not 0 < args.val_fraction < 1:
             raise UsageError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+        if args.bpe_sample_mb is not None and args.bpe_sample_mb < 0:
+            raise UsageError(f"--bpe-sample-mb {args.bpe_sample_mb}: must be 0 (the whole text) or more")
         configs = _configs(args)                          # checked before anything is read or made on disk
-        text, name = _corpus(args.data)
+        path, scan, name = _corpus(args.data)
         out = Path(args.out) if args.out else Path("runs") / name
     lock = None
     created = not _exists(out)
@@ -288,7 +295,7 @@ def _train(args: argparse.Namespace) -> int:
         except OSError as e:                          # OUT/.lock is a folder, say
             raise UsageError(f"--out {out}: cannot lock it ({e.strerror or e} on {out / '.lock'})") from None
     try:
-        return _train_locked(args, out, text, name, master, run, configs)
+        return _train_locked(args, out, path, scan, name, master, run, configs)
     except BaseException as e:
         if lock is not None and created and (isinstance(e, UsageError) or _memory_error(e)):
             _remove_if_unused(out)                    # refused before its first checkpoint: leave nothing
@@ -330,7 +337,27 @@ def _split(ids, val_fraction: float, block_size: int, what: str):
     return train_val_split(ids, val_fraction)
 
 
-def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict | None, configs) -> int:
+def _tokens(path: Path, tokenizer, out: Path, scan, master: bool):
+    """The text's ids under tokenizer, a numpy.memmap of its token file in the run directory
+    (lesson 20's token_file: found again and checked, or encoded now). Under torchrun process
+    0 writes it and the others wait for it (torchrun stops them all if process 0 fails)."""
+    import time
+
+    from minillm.training import TokenFileError, read_token_file, token_file, token_file_path
+
+    try:
+        if master:
+            return token_file(path, tokenizer, out, scan.sha256)
+        while True:
+            try:
+                return read_token_file(token_file_path(out, scan.sha256, tokenizer), scan.sha256, tokenizer)
+            except TokenFileError:
+                time.sleep(1)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write the token file ({e.strerror or e})") from None
+
+
+def _train_locked(args, out: Path, path: Path, scan, name: str, master: bool, run: dict | None, configs) -> int:
     """The training run, with the run directory locked (by process 0)."""
     import dataclasses
 
@@ -338,9 +365,9 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
 
     from minillm.corpus import atomic_write_bytes
     from minillm.model import GPT
-    from minillm.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
-    from minillm.training import CheckpointError, Trainer, TrainingDiverged, load_checkpoint, plot_losses, \
-        remove_stale_parts
+    from minillm.tokenizer import CharTokenizer, tokenizer_from_dict
+    from minillm.training import BPE_SAMPLE_BYTES, CheckpointError, Trainer, TrainingDiverged, load_checkpoint, \
+        plot_losses, remove_stale_parts, train_bpe
 
     checkpoint = out / "checkpoint.pt"
     if master:
@@ -364,7 +391,7 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{checkpoint}: its tokenizer does not load: {e}") from None
         try:
-            ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+            ids = _tokens(path, tokenizer, out, scan, master)
         except ValueError as e:
             raise UsageError(f"the text does not fit this run's tokenizer, so it is not the run's text: {e}") from None
         train_ids, val_ids = _split(ids, run["val_fraction"], ckpt["model_config"]["block_size"], "the text")
@@ -389,17 +416,21 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
         val_fraction = args.val_fraction if args.val_fraction is not None else 0.1
         model_config, train_config = configs
         kind = args.tokenizer or "char"
+        sample_mb = args.bpe_sample_mb if args.bpe_sample_mb is not None else BPE_SAMPLE_BYTES // 2**20
         if kind == "char":
-            tokenizer = CharTokenizer(text)
+            tokenizer = CharTokenizer(scan.chars)              # the text's characters, from the pass that hashed it
         else:
-            tokenizer = BPETokenizer().train(text, vocab_size)
+            tokenizer = train_bpe(path, vocab_size, sample_mb * 2**20)
+            if sample_mb and scan.n_bytes > sample_mb * 2**20:
+                print(f"note: the BPE tokenizer was trained on the first {sample_mb} MB of the text's "
+                      f"{scan.n_bytes / 2**20:,.0f} MB (--bpe-sample-mb)")
             if tokenizer.vocab_size < vocab_size:
                 print(f"note: --vocab-size {vocab_size}: this text has no more pairs to merge after "
                       f"{tokenizer.vocab_size - 256} merges, so the vocabulary has {tokenizer.vocab_size} tokens")
-        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        ids = _tokens(path, tokenizer, out, scan, master)
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
         train_ids, val_ids = _split(ids, val_fraction, model_config.block_size, f"--data {args.data or name}")
-        print(f"{name}: {len(text):,} characters -> {len(ids):,} tokens ({type(tokenizer).__name__}, "
+        print(f"{name}: {scan.n_chars:,} characters -> {len(ids):,} tokens ({type(tokenizer).__name__}, "
               f"vocabulary {tokenizer.vocab_size})")
         print(model_config)
         print(train_config)
@@ -410,9 +441,10 @@ def _train_locked(args, out: Path, text: str, name: str, master: bool, run: dict
         except ValueError as e:
             raise UsageError(_option_message(e)) from None
         if master:
-            run = {"data": str(Path(args.data).resolve()) if args.data else None, "data_sha256": _sha256(text),
+            run = {"data": str(Path(args.data).resolve()) if args.data else None, "data_sha256": scan.sha256,
                    "tokenizer": kind, "vocab_size": tokenizer.vocab_size if kind == "bpe" else None,
                    "vocab_size_requested": vocab_size if kind == "bpe" else None,
+                   "bpe_sample_mb": sample_mb if kind == "bpe" else None,
                    "val_fraction": val_fraction, "preset": args.preset or "auto",
                    "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
                    "command": sys.argv[1:]}
@@ -599,7 +631,9 @@ def main(argv=None) -> int:
                                    "every option below overrides one value of it. Writes OUT/checkpoint.pt (model, "
                                    "optimizer, step, tokenizer, RNG states; checksummed), best.pt (the weights with the "
                                    "lowest validation loss), loss.csv, loss.png, samples.txt and run.json (the text's "
-                                   "SHA-256 and every setting). Ctrl-C or SIGTERM stops after the current step and "
+                                   "SHA-256 and every setting), and the text's ids in a token file (tokens.*.bin: "
+                                   "encoded once, in parallel pieces, read from the disk while training, found again "
+                                   "by --resume). Ctrl-C or SIGTERM stops after the current step and "
                                    "saves; --resume continues exactly. A loss that turns nan stops the run and keeps "
                                    "the last good checkpoint. One run at a time per --out: a second one is refused. "
                                    "Under torchrun it trains with DistributedDataParallel, one process per GPU.",
@@ -612,6 +646,8 @@ def main(argv=None) -> int:
                         "(default: char)")
     p.add_argument("--vocab-size", type=_positive_int, default=None,
                    help="vocabulary size of the BPE tokenizer, at least 256 (default: 512)")
+    p.add_argument("--bpe-sample-mb", type=_int, default=None, metavar="MB",
+                   help="train the BPE tokenizer on the first MB megabytes of the text, 0 for all of it (default: 32)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name of the text>)")
     p.add_argument("--preset", choices=["auto", "gpu", "cpu", "quick"], default=None,
                    help="sizes: auto picks gpu on a CUDA GPU, cpu elsewhere, quick under MINILLM_QUICK=1 "
@@ -627,8 +663,9 @@ def main(argv=None) -> int:
                    help="torch.compile the model (default: on with the gpu preset, off otherwise)")
     group = p.add_argument_group("model (overrides the preset)")
     for option, (field, kind, text) in MODEL_OPTIONS.items():
-        group.add_argument(option, dest=field, type=OPTION_TYPES[kind], default=None,
-                           help=f"{text} (default: from the preset)")
+        choices = dict(choices=kind, type=str) if isinstance(kind, tuple) else dict(type=OPTION_TYPES[kind])
+        group.add_argument(option, dest=field, default=None, **choices,
+                           help=text if "default:" in text else f"{text} (default: from the preset)")
     group = p.add_argument_group("training (overrides the preset)")
     for option, (field, kind, text) in TRAIN_OPTIONS.items():
         group.add_argument(option, dest=field, type=OPTION_TYPES[kind], default=None,

@@ -26,12 +26,13 @@ from exercise_tools import assert_checks_work
 from minillm.corpus import tiny_shakespeare
 from minillm.layer_norm import LayerNorm
 from minillm.model import GPT, GPTConfig
-from minillm.tokenizer import CharTokenizer
+from minillm.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from minillm.training import (CHECKPOINT_FORMAT, PRESETS, CheckpointError, LiveLossPlot, RunDirectoryLocked, RunLock,
-                              Trainer, TrainConfig, TrainingDiverged, autocast_dtype, estimate_loss, fuse_layer_norms_,
-                              get_batch, load_checkpoint, load_model, lr_at, make_optimizer, nonfinite_tensors,
-                              param_groups, pick_device, plot_losses, preset, remove_stale_parts, save_checkpoint,
-                              write_loss_csv)
+                              TokenFileError, Trainer, TrainConfig, TrainingDiverged, autocast_dtype, estimate_loss,
+                              fuse_layer_norms_, get_batch, load_checkpoint, load_model, lr_at, make_optimizer,
+                              nonfinite_tensors, param_groups, pick_device, plot_losses, preset, read_token_file,
+                              remove_stale_parts, safe_cut, save_checkpoint, scan_text, text_chunks, token_dtype,
+                              token_file, token_file_path, train_bpe, write_loss_csv, write_token_file)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=16, vocab_size=20, n_layer=1, n_head=2, n_embd=16)
@@ -502,14 +503,18 @@ def test_cli_trains_resumes_and_samples(tmp_path, small_text, tokenizer):
                        "--out", str(out), "--preset", "quick", "--max-steps", "6", "--eval-interval", "3",
                        "--device", "cpu")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "loss.csv", "loss.png",
-                                                       "run.json", "samples.txt"]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 6 and ckpt["tokenizer"]["format"] == f"minillm-{tokenizer}-tokenizer"
     run = json.loads((out / "run.json").read_text())
     assert run["data"] == str(small_text.resolve()) and run["tokenizer"] == tokenizer
     assert run["data_sha256"] == hashlib.sha256(small_text.read_bytes()).hexdigest()
     assert run["model"] == ckpt["model_config"] and run["train"] == ckpt["train_config"]
+    tokens = token_file_path(out, run["data_sha256"], tokenizer_from_dict(ckpt["tokenizer"]))
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", "best.pt", "checkpoint.pt", "loss.csv", "loss.png",
+                                                            "run.json", "samples.txt", tokens.name,
+                                                            tokens.with_suffix(".json").name])
+    assert f"tokens written to {tokens}" in done.stdout
+    written = tokens.stat().st_mtime_ns
 
     again = minillm_cli("train", "--data", str(small_text), "--out", str(out), "--preset", "quick")
     assert again.returncode == 2 and "--resume" in again.stderr and load_checkpoint(out / "checkpoint.pt")["step"] == 6
@@ -517,6 +522,7 @@ def test_cli_trains_resumes_and_samples(tmp_path, small_text, tokenizer):
     more = minillm_cli("train", "--out", str(out), "--resume", "--max-steps", "9", "--device", "cpu")
     assert more.returncode == 0, more.stderr
     assert "Resuming" in more.stdout and load_checkpoint(out / "checkpoint.pt")["step"] == 9
+    assert f"tokens from {tokens}" in more.stdout and tokens.stat().st_mtime_ns == written   # the cache, reused
 
     sample = minillm_cli("sample", "--out", str(out), "--prompt", "First", "--tokens", "20", "--seed", "3")
     assert sample.returncode == 0, sample.stderr
@@ -655,12 +661,13 @@ def test_the_run_directory_lock_names_its_holder_and_goes_stale_when_it_dies(tmp
 
 def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     for name in [".checkpoint.pt.k2_x9abc.part", ".loss.csv.zz01.part", ".notes.txt.abc.part", "mine.part",
-                 "checkpoint.pt.part"]:
+                 "checkpoint.pt.part", ".tokens.0123456789ab.cdef01234567.uint16.bin.x_7.part"]:
         (tmp_path / name).write_bytes(b"x" * 100)
     trainer = tiny_trainer(tmp_path)
     trainer.fit()
     left = sorted(p.name for p in tmp_path.iterdir())
     assert ".checkpoint.pt.k2_x9abc.part" not in left and ".loss.csv.zz01.part" not in left
+    assert ".tokens.0123456789ab.cdef01234567.uint16.bin.x_7.part" not in left     # a token file's, too
     assert {".notes.txt.abc.part", "mine.part", "checkpoint.pt.part"} <= set(left)   # not ours: left alone
     assert remove_stale_parts(tmp_path / "missing") == []
 
@@ -1046,3 +1053,212 @@ def test_trainer_steps_under_bf16_autocast_on_the_cpu():
     assert losses[torch.bfloat16] != losses[None]
     for a, b in zip(losses[None], losses[torch.bfloat16]):
         assert math.isclose(a, b, rel_tol=2e-2), (losses[None], losses[torch.bfloat16])
+
+
+# ----------------------------------------------------------------------------- a corpus bigger than memory
+
+import numpy as np                                                          # noqa: E402
+from hypothesis import given, settings, strategies as st                    # noqa: E402
+
+# spaces, runs of whitespace, newlines, tabs, multi-byte characters (2, 3 and 4 bytes), contractions, digits
+TRICKY = "héllo  wörld\n\n  the   cat's 日本語 on 12 34!!  \t\nit'll 🙂🙂 be  \n" * 40
+TRICKY_BPE = BPETokenizer().train(TRICKY, 320)
+
+
+def test_safe_cut_is_before_a_lone_whitespace_between_two_others():
+    assert safe_cut("to be or", TRICKY_BPE) == 5                          # "to be" + " or"
+    assert safe_cut("a\nb", TRICKY_BPE) == 1 and safe_cut("a  b", TRICKY_BPE) == 0 and safe_cut("ab ", TRICKY_BPE) == 0
+    assert safe_cut("a  b", CharTokenizer("ab ")) == 4 == safe_cut("a  b", None)   # characters: anywhere
+    with pytest.raises(ValueError, match="GPT-2's"):
+        list(text_chunks(ROOT / "README.md", BPETokenizer(pattern=None)))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5, 7, 16, 33, 100, 4096])
+def test_chunked_encoding_equals_whole_encoding(tmp_path, chunk_bytes):
+    """Reads cut inside whitespace runs and inside multi-byte characters: the pieces still encode to the whole's ids."""
+    path = tmp_path / "t.txt"
+    path.write_text(TRICKY, encoding="utf-8")
+    for tokenizer in (TRICKY_BPE, CharTokenizer(TRICKY)):
+        pieces = list(text_chunks(path, tokenizer, chunk_bytes))
+        assert "".join(pieces) == TRICKY and all(pieces)
+        assert [i for piece in pieces for i in tokenizer.encode(piece)] == tokenizer.encode(TRICKY)
+    if chunk_bytes == 33:
+        assert len(list(text_chunks(path, TRICKY_BPE, chunk_bytes))) > 50  # many pieces, not one
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=" \n\t\u00a0ab'1.é日🙂", max_size=60), st.integers(1, 9))
+def test_chunked_bpe_encoding_equals_whole_encoding_on_any_text(text, chunk_bytes):
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.txt"
+        path.write_bytes(text.encode("utf-8"))
+        pieces = list(text_chunks(path, TRICKY_BPE, chunk_bytes))
+        assert "".join(pieces) == text
+        assert [i for piece in pieces for i in TRICKY_BPE.encode(piece)] == TRICKY_BPE.encode(text)
+
+
+def test_text_chunks_name_the_offset_of_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes("héllo ".encode("utf-8") + b"\xe6\x97x rest")           # a 3-byte character cut short at byte 7
+    for chunk_bytes in (1, 2, 8, 100):
+        with pytest.raises(ValueError, match=r"not UTF-8 text \(invalid continuation byte at byte 7\)"):
+            list(text_chunks(path, None, chunk_bytes))
+    path.write_bytes(b"abc" + b"\xff" * 3)
+    with pytest.raises(ValueError, match="at byte 3"):
+        scan_text(path, chunk_bytes=2)
+    path.write_bytes("ab\u00e9".encode("utf-8")[:-1])                          # the file ends inside a character
+    with pytest.raises(ValueError, match="at byte 2"):
+        scan_text(path)
+
+
+def test_scan_text_and_train_bpe_read_the_file_in_pieces(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(TRICKY, encoding="utf-8")
+    scan = scan_text(path, chunk_bytes=7)
+    assert scan.sha256 == hashlib.sha256(TRICKY.encode("utf-8")).hexdigest() and scan.n_chars == len(TRICKY)
+    assert scan.chars == "".join(CharTokenizer(TRICKY).chars) and scan.n_bytes == len(TRICKY.encode("utf-8"))
+    assert train_bpe(path, 320, chunk_bytes=50).merges == TRICKY_BPE.merges      # the whole text: the same merges
+    sample = safe_cut(TRICKY.encode("utf-8")[:1000].decode("utf-8", errors="ignore"), TRICKY_BPE)
+    assert train_bpe(path, 300, sample_bytes=1000, chunk_bytes=64).merges == \
+        BPETokenizer().train(TRICKY[:sample], 300).merges                     # the first 1000 bytes, cut safely
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        scan_text(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_token_file_is_written_once_reused_and_rebuilt_when_damaged(tmp_path, monkeypatch, capsys, workers):
+    import minillm.training as training
+    text_path = tmp_path / "t.txt"
+    text_path.write_text(TRICKY, encoding="utf-8")
+    digest = scan_text(text_path).sha256
+    writes = []
+    real_write = training.write_token_file
+    monkeypatch.setattr(training, "write_token_file", lambda *a, **k: writes.append(1) or real_write(*a, **k))
+
+    def tokens():
+        return token_file(text_path, TRICKY_BPE, tmp_path / "cache", digest, workers=workers, chunk_bytes=64)
+
+    first = tokens()
+    assert first.dtype == np.uint16 and first.tolist() == TRICKY_BPE.encode(TRICKY) and len(writes) == 1
+    path = token_file_path(tmp_path / "cache", digest, TRICKY_BPE)
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["tokens"] == len(first) and record["text_sha256"] == digest and record["dtype"] == "uint16"
+    assert tokens().tolist() == first.tolist() and len(writes) == 1           # found and checked: not written again
+    damages = {"cut short": lambda: path.write_bytes(path.read_bytes()[:-2]),
+               "a changed token": lambda: path.write_bytes(b"\x07\x00" + path.read_bytes()[2:]),
+               "no record": lambda: path.with_suffix(".json").unlink(),
+               "a damaged record": lambda: path.with_suffix(".json").write_text("{"),
+               "no file": lambda: path.unlink()}
+    for what, damage in damages.items():
+        del first                                                             # the memmap lets go of the file
+        damage()
+        capsys.readouterr()
+        first = tokens()
+        assert first.tolist() == TRICKY_BPE.encode(TRICKY), what
+        assert len(writes) == 2 + list(damages).index(what), what                # rebuilt, never used
+        if what != "no file":
+            assert "encoding the text again" in capsys.readouterr().out, what
+    other = token_file(text_path, CharTokenizer(TRICKY), tmp_path / "cache", digest, verbose=False)
+    assert other.tolist() == CharTokenizer(TRICKY).encode(TRICKY)           # another tokenizer: another file
+    assert len(list((tmp_path / "cache").glob("tokens.*.bin"))) == 2
+    assert not list((tmp_path / "cache").glob(".*.part"))
+
+
+def test_token_file_refuses_a_changed_text_and_records_the_dtype(tmp_path):
+    text_path = tmp_path / "t.txt"
+    text_path.write_text(TRICKY, encoding="utf-8")
+    with pytest.raises(ValueError, match="changed while it was encoded"):
+        write_token_file(tmp_path / "x.bin", text_path, TRICKY_BPE, text_sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == [text_path]                            # nothing left: no .part, no file
+    with pytest.raises(TokenFileError, match="does not exist"):
+        read_token_file(tmp_path / "x.bin", "0" * 64, TRICKY_BPE)
+    assert token_dtype(2**16) == np.uint16 and token_dtype(2**16 + 1) == np.uint32
+    wide = CharTokenizer("".join(chr(c) for c in range(0x4E00, 0x4E00 + 70_000)))   # 70,000 characters
+    assert token_file_path(tmp_path, "ab" * 32, wide).name.endswith(".uint32.bin")
+
+
+def test_training_from_a_token_file_equals_training_from_memory(tmp_path):
+    text = tiny_shakespeare()[:20_000]
+    text_path = tmp_path / "t.txt"
+    text_path.write_text(text, encoding="utf-8")
+    tok = CharTokenizer(text)
+    memory = torch.tensor(tok.encode(text), dtype=torch.long)
+    disk = token_file(text_path, tok, tmp_path, scan_text(text_path).sha256, verbose=False)
+    for data in (disk, np.asarray(disk, dtype=np.uint32), np.asarray(disk, dtype=np.int64)):
+        for seed in range(3):
+            xm, ym = get_batch(memory, 5, 16, torch.Generator().manual_seed(seed))
+            xd, yd = get_batch(data, 5, 16, torch.Generator().manual_seed(seed))
+            assert xd.dtype == torch.long and torch.equal(xm, xd) and torch.equal(ym, yd)
+    from minillm.corpus import train_val_split
+    config = dataclasses.replace(FAST, max_steps=6, eval_interval=3)
+    model_config = dataclasses.replace(TINY, vocab_size=tok.vocab_size, dropout=0.1)
+    runs = []
+    for train_data, val_data in (train_val_split(memory, 0.1), train_val_split(disk, 0.1)):
+        torch.manual_seed(0)
+        trainer = Trainer(GPT(model_config), train_data, val_data, config, device="cpu", verbose=False)
+        runs.append((trainer.fit(), weights(trainer.model)))
+    assert isinstance(trainer.train_data, np.memmap)                        # the token file stayed on the disk
+    losses = [[(row["train_loss"], row["val_loss"]) for row in history] for history, _ in runs]
+    assert losses[0] == losses[1]
+    assert equal_weights(runs[0][1], runs[1][1])                              # bit for bit
+    with pytest.raises(ValueError, match="integer token ids"):
+        get_batch(np.zeros(100, dtype=np.float32), 2, 4)
+    copy_on_write = np.memmap(token_file_path(tmp_path, scan_text(text_path).sha256, tok), dtype=np.uint16, mode="c")
+    copy_on_write[:100] = 7                                                  # changed in memory only
+    get_batch(copy_on_write, 4, 16, torch.Generator().manual_seed(0))       # gives back a read-only map's pages only
+    assert (copy_on_write[:100] == 7).all() and disk[0] != 7
+
+
+def test_cli_rebuilds_a_damaged_token_file_on_resume_and_checks_the_bpe_sample(tmp_path, small_text, quick_run):
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    (token,) = run.glob("tokens.*.bin")
+    token.write_bytes(token.read_bytes()[:-10])                                # cut short
+    done = minillm_main(["train", "--out", str(run), "--resume", "--max-steps", "8", "--device", "cpu"])
+    assert done.code == 0, done.err
+    assert "encoding the text again" in done.out and load_checkpoint(run / "checkpoint.pt")["step"] == 8
+    assert len(token.read_bytes()) == 2 * json.loads(token.with_suffix(".json").read_text())["tokens"]
+    one_line_usage_error(minillm_main(["train", "--data", str(small_text), "--out", str(tmp_path / "a"),
+                                       "--tokenizer", "bpe", "--bpe-sample-mb", "-1"]), "--bpe-sample-mb -1")
+    out = tmp_path / "bpe"
+    done = minillm_main(["train", "--data", str(small_text), "--out", str(out), "--tokenizer", "bpe", "--vocab-size",
+                         "280", "--bpe-sample-mb", "0", "--preset", "quick", "--max-steps", "6", "--device", "cpu"])
+    assert done.code == 0, done.err
+    assert json.loads((out / "run.json").read_text())["bpe_sample_mb"] == 0
+    one_line_usage_error(minillm_main(["train", "--out", str(out), "--resume", "--bpe-sample-mb", "5"]),
+                         "--bpe-sample-mb 5 (the run has 0)")
+
+
+def test_cli_model_family_options_train_are_saved_and_fixed_on_resume(tmp_path, small_text):
+    """--norm, --position, --mlp, --n-kv-head (lesson 21's options): the model trains with them, the
+    checkpoint and run.json record them, --resume rebuilds that model and refuses another choice."""
+    from minillm.block import MLPS, NORMS
+    from minillm.model import POSITIONS
+    from minillm.__main__ import MODEL_OPTIONS
+    assert (MODEL_OPTIONS["--norm"][1], MODEL_OPTIONS["--mlp"][1], MODEL_OPTIONS["--position"][1]) == \
+        (NORMS, MLPS, POSITIONS)                                   # the CLI's choices are the model's
+    out = tmp_path / "llama"
+    family = ["--norm", "rmsnorm", "--position", "rope", "--mlp", "swiglu", "--n-kv-head", "1", "--rope-theta", "500"]
+    done = minillm_main(["train", "--data", str(small_text), "--out", str(out), "--preset", "quick", "--max-steps", "6",
+                         "--eval-interval", "3", "--sample-interval", "0", "--device", "cpu", *family])
+    assert done.code == 0, done.err
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    expected = {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "n_kv_head": 1, "rope_theta": 500.0}
+    assert {k: ckpt["model_config"][k] for k in expected} == expected
+    assert json.loads((out / "run.json").read_text())["model"] == ckpt["model_config"]
+    model, _ = load_model(out / "checkpoint.pt")
+    assert model.stack.h[0].attn.n_kv_head == 1 and model.stack.h[0].attn.rotary is not None
+    assert not any("position" in name for name, _ in model.named_parameters())     # rope: no position table
+    one_line_usage_error(minillm_main(["train", "--out", str(out), "--resume", "--norm", "layernorm"]),
+                         "--norm layernorm (the run has rmsnorm)")
+    more = minillm_main(["train", "--out", str(out), "--resume", "--max-steps", "8", "--device", "cpu", *family])
+    assert more.code == 0, more.err                                 # the run's own values: not a change
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 8
+    train = ["train", "--data", str(small_text), "--out", str(tmp_path / "bad"), "--preset", "quick"]
+    one_line_usage_error(minillm_main(train + ["--n-kv-head", "3"]), "--n-head 2 is not a multiple of --n-kv-head 3")
+    one_line_usage_error(minillm_main(train + ["--position", "rope", "--rope-theta", "-1"]), "--rope-theta", "-1")
+    bad = minillm_main(train + ["--norm", "batchnorm"])
+    assert bad.code == 2 and "--norm" in bad.err and "batchnorm" in bad.err
+    assert not (tmp_path / "bad").exists()
