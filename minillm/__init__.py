@@ -16,7 +16,8 @@ from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, token
 from minillm.token_embedding import TokenEmbedding, cosine_similarity_matrix, one_hot_lookup
 
 # 04 · position embeddings
-from minillm.position_embedding import LearnedPositionEmbedding, SinusoidalPositionEmbedding, sinusoidal_encoding
+from minillm.position_embedding import (LearnedPositionEmbedding, RotaryEmbedding, SinusoidalPositionEmbedding, apply_rope,
+                                        rope_cos_sin, sinusoidal_encoding)
 
 # 05 · the combined input embedding
 from minillm.input_embedding import InputEmbedding
@@ -43,19 +44,19 @@ from minillm.attention import attention_weights, scaled_dot_product_attention, s
 from minillm.causal_self_attention import CausalSelfAttention, KVCache
 
 # 13 · feed-forward networks
-from minillm.mlp import MLP
+from minillm.mlp import MLP, SwiGLU
 
 # 14 · residual connections
 from minillm.residual import PreNormResidual
 
 # 15 · the transformer block
-from minillm.block import Block
+from minillm.block import Block, feed_forward, norm_layer
 
 # 16 · stacking transformer layers
 from minillm.stack import TransformerStack, init_gpt2_
 
 # 17 · the output layer and LM head
-from minillm.model import GPT, GPTConfig, config_from_gpt2, parameter_breakdown
+from minillm.model import GPT, GPTConfig, config_from_gpt2, config_from_llama, parameter_breakdown
 
 # 18 · from logits to text
 from minillm.generation import (apply_temperature, generate, generate_text, greedy, logits_to_probs, sample_next,
@@ -67,4 +68,7 @@ from minillm.scaling import (compute_optimal, forward_flops_per_token, mfu, para
 
 # 20 · the complete pipeline: training
 from minillm.training import (CheckpointError, Trainer, TrainConfig, estimate_loss, get_batch, load_checkpoint,
-                              load_model, lr_at, pick_device, preset, save_checkpoint)
+                              load_model, lr_at, pick_device, preset, save_checkpoint, scan_text, token_file)
+
+# 21 · epilogue: modern families
+from minillm.families import family_param_count, kv_cache_bytes_per_token, llama_steps, llama_style, match_params
