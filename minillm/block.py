@@ -56,9 +56,9 @@ class Block(nn.Module):
         x = x + attn(ln_1(x))      (B, T, C)
         x = x + mlp(ln_2(x))       (B, T, C)
 
-    12 C^2 + 13 C parameters with biases, 12 C^2 + 2 C without (C = n_embd): 7,087,872
-    for GPT-2 small's C = 768. The output at position t depends on the inputs at
-    positions 0 .. t only.
+    With GPT-2's parts (the defaults): 12 C^2 + 13 C parameters with biases, 12 C^2 + 2 C
+    without (C = n_embd): 7,087,872 for GPT-2 small's C = 768. The output at position t
+    depends on the inputs at positions 0 .. t only.
 
     kv_cache (lesson 12's KVCache, one per block) is passed to the attention: x then
     holds only the positions after the cached ones.

@@ -26,7 +26,8 @@ from minillm.position_embedding import RotaryEmbedding
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with an output projection (GPT-2's attention).
 
-        q, k, v = c_attn(x).split(n_embd)          one fused projection, each (B, T, C)
+        q, k, v = c_attn(x).split([C, kv, kv])     one fused projection; kv = n_kv_head * head_size
+                                                   (= C without grouped-query attention)
         q, k, v -> (B, n_head, T, head_size)                  heads of size head_size = C // n_head
         y = softmax(q k^T / sqrt(head_size) + causal) v   (B, n_head, T, head_size), dropout on the weights
         y -> (B, T, C)                             the heads side by side again
@@ -36,8 +37,8 @@ class CausalSelfAttention(nn.Module):
     from-scratch function: the same result. kv_cache (a KVCache, or any object with
     len() and append(k, v) -> (all keys, all values)) holds the keys and values of
     earlier positions; x then holds only the new positions, which attend to the cached
-    ones and causally to each other. 4 C^2 + 4 C parameters with biases (2,362,368 for
-    GPT-2 small's C = 768).
+    ones and causally to each other. 4 C^2 + 4 C parameters with biases when
+    n_kv_head = n_head (2,362,368 for GPT-2 small's C = 768).
 
     Section 8's options, each off by default (GPT-2): n_kv_head < n_head gives the keys and
     values n_kv_head heads, each shared by n_head // n_kv_head query heads (grouped-query

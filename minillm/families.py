@@ -69,7 +69,7 @@ def kv_cache_bytes_per_token(config: GPTConfig, dtype_bytes: int = 4) -> int:
     return 2 * c.n_layer * (c.n_kv_head or c.n_head) * (c.n_embd // c.n_head) * dtype_bytes
 
 
-LLAMA_STEPS = (   # (the field, Llama's value): GPT-2's choice -> Llama's, in the order of lessons 06, 04, 13, 12, 17
+LLAMA_STEPS = (   # (the field, Llama's value): GPT-2's choice -> Llama's, in the order of lessons 06, 04, 13, 12, (biases), 17
     ("norm", "rmsnorm"),
     ("position", "rope"),
     ("mlp", "swiglu"),

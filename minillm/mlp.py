@@ -19,15 +19,15 @@ import torch.nn.functional as F
 class MLP(nn.Module):
     """The feed-forward half of a transformer block (GPT-2's MLP).
 
-        h = c_fc(x)           (..., C) -> (..., expansion * C): every detector's response
+        h = c_fc(x)           (..., C) -> (..., hidden): every detector's response
         h = gelu(h)           GELU, tanh approximation (GPT-2's)
-        y = c_proj(h)         (..., expansion * C) -> (..., C): what the detectors write
+        y = c_proj(h)         (..., hidden) -> (..., C): what the detectors write
         y = dropout(y)
 
-    It acts on the last dimension only, so each position is transformed independently:
-    permuting the positions of x permutes the output the same way. With biases it has
-    2 * expansion * C^2 + (expansion + 1) * C parameters: 8 C^2 + 5 C for expansion 4,
-    4,722,432 for GPT-2 small's C = 768.
+    hidden = expansion * C unless given. It acts on the last dimension only, so each position
+    is transformed independently: permuting the positions of x permutes the output the same
+    way. With biases and the default hidden it has 2 * expansion * C^2 + (expansion + 1) * C
+    parameters: 8 C^2 + 5 C for expansion 4, 4,722,432 for GPT-2 small's C = 768.
 
     A token x = [1, -2] through MLP(2, expansion=2) with zero biases,
     c_fc.weight = [[1, 0], [0, -1], [1, 1], [-1, 0]] and
@@ -55,8 +55,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., n_embd) -> (..., n_embd), for any number of leading dimensions."""
         _check_input("MLP", x, self.n_embd)
-        h = self.c_fc(x)             # (..., expansion * C)
-        h = self.gelu(h)             # (..., expansion * C)
+        h = self.c_fc(x)             # (..., hidden)
+        h = self.gelu(h)             # (..., hidden)
         h = self.c_proj(h)           # (..., C)
         return self.dropout(h)       # (..., C)
 
@@ -100,7 +100,7 @@ class SwiGLU(nn.Module):
     position independently. 3 * C * hidden parameters without biases (the default, as in LLaMA);
     hidden = 8 * C // 3 keeps about the 8 C^2 of the GELU MLP.
     x = [1, -2], c_gate = I, c_fc = [[1, 1], [1, -1]], c_proj = [[1, 0], [1, 1]] ->
-    gate [0.7311, -0.2384] * values [-1, 3] = [-0.7311, -0.7152] -> [-0.7311, -1.4462]."""
+    gate [0.7311, -0.2384] * values [-1, 3] = [-0.7311, -0.7152] -> [-0.7311, -1.4463]."""
 
     def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()

@@ -13,7 +13,7 @@ Change the notebook and run `make export` again.
 
 __all__ = [
     'GPTConfig', 'GPT', 'TokenInputEmbedding', 'parameter_breakdown', 'POSITIONS',
-    'GPT2_TRANSPOSED', 'gpt2_key_to_minillm', 'config_from_gpt2',
+    'GPT2_TRANSPOSED', 'gpt2_key_to_minillm', 'GPT2_ACTIVATIONS', 'config_from_gpt2',
     'state_dict_from_gpt2', 'LLAMA_BLOCK_NAMES', 'config_from_llama',
     'state_dict_from_llama', 'FAMILIES',
 ]
@@ -318,10 +318,15 @@ def gpt2_key_to_minillm(key: str) -> tuple[str, bool] | None:
     raise ValueError(f"unexpected tensor {key!r} in the GPT-2 checkpoint: minillm's GPT has no place for it")
 
 
+# GPT-2 config.json's activation_function -> GPTConfig.mlp: the tanh form (GPT-2's own), or the exact GELU
+GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
+
+
 def config_from_gpt2(hf_config: dict, dropout: float = 0.0) -> GPTConfig:
     """The GPTConfig of a Hugging Face GPT-2 config.json (as a dict). A missing key takes
     GPT-2 small's value, as in transformers. A variant that minillm does not compute
-    (another activation, layer-norm epsilon or attention scaling, an untied head) is
+    (an activation other than GELU, another layer-norm epsilon or attention scaling, an untied
+    head) is
     refused, naming the key:
     {"n_positions": 1024, "vocab_size": 50257, "n_layer": 12, "n_head": 12, "n_embd": 768}
     -> GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)"""
@@ -330,8 +335,8 @@ def config_from_gpt2(hf_config: dict, dropout: float = 0.0) -> GPTConfig:
         raise ValueError(f"config.json describes a {get('model_type')!r} model, not GPT-2 ('gpt2')")
     n_embd = get("n_embd", 768)
     requirements = [
-        ("activation_function", get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
-         "minillm's MLP uses GELU with the tanh approximation ('gelu_new')"),
+        ("activation_function", get("activation_function", "gelu_new") in GPT2_ACTIVATIONS,
+         "minillm's MLP computes GELU, with the tanh approximation ('gelu_new', 'gelu_pytorch_tanh') or exact ('gelu')"),
         ("layer_norm_epsilon", math.isclose(get("layer_norm_epsilon", 1e-5), 1e-5), "minillm's LayerNorm uses eps=1e-5"),
         ("n_inner", get("n_inner") in (None, 4 * n_embd), "minillm's MLP expands by 4"),
         ("scale_attn_weights", get("scale_attn_weights", True) is True, "minillm scales scores by 1/sqrt(head size)"),
@@ -345,7 +350,7 @@ def config_from_gpt2(hf_config: dict, dropout: float = 0.0) -> GPTConfig:
             raise ValueError(f"config.json sets {key}={get(key)!r}, which minillm cannot load: {why}")
     return GPTConfig(block_size=get("n_positions", get("n_ctx", 1024)), vocab_size=get("vocab_size", 50257),
                      n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
-                     dropout=dropout, bias=True)
+                     dropout=dropout, bias=True, mlp=GPT2_ACTIVATIONS[get("activation_function", "gelu_new")])
 
 
 def state_dict_from_gpt2(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -202,6 +202,24 @@ def test_exercise_checks_accept_solutions_and_reject_wrong_answers():
     })
 
 
+def test_exercise_4_check_rejects_a_forward_without_the_dropout():
+    """The statement keeps the MLP's dropout: an answer that leaves it out fails exercise 4's check."""
+    import course
+    from exercise_tools import run_cells, statuses
+    from minillm import checks
+    path = course.ROOT / "solutions" / "13_mlp.ipynb"
+    solution = course.read_nb(path)
+
+    def replace(i, region):
+        if i != 3:
+            return course.source(solution["cells"][region.cell]).split("\n")[region.start: region.end + 1]
+        return [region.indent + "return self.c_proj(torch.relu(self.c_fc(x)) ** 2)"]
+    results = run_cells(course.replace_regions(solution, replace), path.parent)
+    verdicts = dict(statuses(results))
+    assert verdicts["Exercise 4 · a squared-ReLU MLP"] == checks.FAILED, verdicts
+    assert all(v == checks.PASSED for title, v in verdicts.items() if not title.startswith("Exercise 4")), verdicts
+
+
 # Section 9 and the MLP's options: SwiGLU, the exact GELU, a hidden size of its own.
 
 def test_swiglu_equals_the_formula_in_float64_in_values_and_gradients():

@@ -295,6 +295,8 @@ def test_config_from_gpt2():
     assert config_from_gpt2({}) == GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
     assert config_from_gpt2({"n_ctx": 512, "n_embd": 64, "n_head": 4}).block_size == 512
     assert config_from_gpt2({}, dropout=0.1).dropout == 0.1
+    assert config_from_gpt2({}).mlp == config_from_gpt2({"activation_function": "gelu_pytorch_tanh"}).mlp == "gelu"
+    assert config_from_gpt2({"activation_function": "gelu"}).mlp == "gelu_exact"      # HF's "gelu" is the exact one
     for bad, match in [({"activation_function": "relu"}, "activation_function='relu'.*tanh approximation"),
                        ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon=1e-06"),
                        ({"n_inner": 1000}, "n_inner=1000.*expands by 4"),
@@ -549,10 +551,11 @@ def hf_family(family: str, tie: bool, seed: int = 0):
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=500000.0))
     elif family == "qwen2":
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=1000000.0))
-    else:
+    else:                                    # "gpt2" (the tanh GELU) or "gpt2-exact-gelu"
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=FAMILY_VOCAB, n_positions=FAMILY_POSITIONS, n_embd=64, n_layer=2, n_head=4,
-            bos_token_id=None, eos_token_id=None))
+            bos_token_id=None, eos_token_id=None,
+            activation_function="gelu" if family == "gpt2-exact-gelu" else "gelu_new"))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -595,7 +598,7 @@ ROPE_REL = 1e-5
 
 
 @pytest.mark.parametrize("family, tie", [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True),
-                                         ("gpt2", True)])
+                                         ("gpt2", True), ("gpt2-exact-gelu", True)])
 @pytest.mark.parametrize("as_bin", [False, True])
 def test_from_pretrained_equals_transformers(tmp_path, family, tie, as_bin):
     pytest.importorskip("safetensors")
@@ -608,7 +611,7 @@ def test_from_pretrained_equals_transformers(tmp_path, family, tie, as_bin):
     with torch.no_grad():
         theirs64, ours64 = hf.double()(idx).logits, ours.double()(idx)[0]
     assert theirs64.abs().max() > 1.0                                # far from uniform: a difference would show
-    rel = 1e-10 if family == "gpt2" else ROPE_REL
+    rel = 1e-10 if family.startswith("gpt2") else ROPE_REL
     assert_close64(ours64, theirs64, rel=rel, scale=theirs64.abs().max())
 
     hf.float(), ours.float()

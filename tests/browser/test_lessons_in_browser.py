@@ -9,7 +9,7 @@ For each lesson, in one page:
 3. Every widget rendered: controls drawn, no error text, no repr. Each control gets a real event through
    the page (a slider dragged with the mouse, a dropdown option chosen, a checkbox clicked) and the
    widget's output must redraw (its picture or text changes) without a traceback. No control label is
-   cut off. A widget that takes over a second to redraw must not redraw while a slider is dragged
+   cut off. A widget that takes over 2 s to redraw must not redraw while a slider is dragged
    (continuous_update=False), or a drag queues one slow redraw per step.
 4. The browser console logged no error the whole time.
 """
