@@ -118,13 +118,32 @@ def fresh_view_problems(page, lab, name: str) -> list[str]:
         time.sleep(0.25)
     if copy.stat().st_mtime_ns == lab.mtimes[name]:
         problems.append("File ▸ Save did not save the notebook within 30 s")
-    elif copy.read_bytes() != committed:
+    elif settled(copy, time.monotonic() + 10) != committed:
         import difflib
-        diff = difflib.unified_diff(committed.decode().splitlines(), copy.read_bytes().decode().splitlines(),
+        saved = settled(copy, time.monotonic() + 10)
+        diff = difflib.unified_diff(committed.decode().splitlines(), saved.decode().splitlines(),
                                     "committed", "saved by JupyterLab", n=2, lineterm="")
         problems.append("saved unchanged from JupyterLab, the notebook's bytes change (`python tools/course.py tidy` "
                         "writes what JupyterLab writes):\n" + "\n".join(line[:160] for line in list(diff)[:30]))
     return problems
+
+
+def settled(path, deadline: float) -> bytes:
+    """The file's bytes once a save has finished: Jupyter's server writes a notebook in place (after a
+    backup copy), so the file can be read empty or half-written just after its mtime changes. Waits until
+    it is whole JSON and unchanged for half a second (or the deadline passes), and returns it."""
+    last = None
+    while True:
+        stamp, data = path.stat().st_mtime_ns, path.read_bytes()
+        try:
+            json.loads(data)
+            whole = True
+        except ValueError:
+            whole = False
+        if whole and (stamp, data) == last or time.monotonic() > deadline:
+            return data
+        last = (stamp, data) if whole else None
+        time.sleep(0.5)
 
 
 def run_all(page) -> dict:
