@@ -118,9 +118,8 @@ def fresh_view_problems(page, lab, name: str) -> list[str]:
         time.sleep(0.25)
     if copy.stat().st_mtime_ns == lab.mtimes[name]:
         problems.append("File ▸ Save did not save the notebook within 30 s")
-    elif settled(copy, time.monotonic() + 10) != committed:
+    elif (saved := settled(copy, time.monotonic() + 10)) != committed:
         import difflib
-        saved = settled(copy, time.monotonic() + 10)
         diff = difflib.unified_diff(committed.decode().splitlines(), saved.decode().splitlines(),
                                     "committed", "saved by JupyterLab", n=2, lineterm="")
         problems.append("saved unchanged from JupyterLab, the notebook's bytes change (`python tools/course.py tidy` "
